@@ -50,7 +50,7 @@ class ConfigError(InputError):
     """The daemon configuration is invalid."""
 
 
-class EnvironmentError_(InputError):  # noqa: N801 - the builtin EnvironmentError is an OSError alias
+class EnvironmentError_(InputError):
     """An environment description is invalid or does not match its image."""
 
 

@@ -1,4 +1,4 @@
-""""Did you mean" hints for unknown names (config keys, node names, variants)."""
+""" "Did you mean" hints for unknown names (config keys, node names, variants)."""
 
 from __future__ import annotations
 

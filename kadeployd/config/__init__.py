@@ -1,0 +1,34 @@
+"""Layered configuration: deploy.conf (global) < clusters/<name>.conf < nodes.conf entries."""
+
+from kadeployd.config.loader import load_config
+from kadeployd.config.model import Config, Node
+from kadeployd.config.schema import (
+    VARIANTS,
+    BootSettings,
+    DaemonSettings,
+    DiskSettings,
+    Macrostep,
+    NodeSettings,
+    PowerSettings,
+    SshSettings,
+    Variant,
+)
+from kadeployd.config.templates import CommandTemplate
+from kadeployd.config.timeouts import Timeout
+
+__all__ = [
+    "VARIANTS",
+    "BootSettings",
+    "CommandTemplate",
+    "Config",
+    "DaemonSettings",
+    "DiskSettings",
+    "Macrostep",
+    "Node",
+    "NodeSettings",
+    "PowerSettings",
+    "SshSettings",
+    "Timeout",
+    "Variant",
+    "load_config",
+]

@@ -1,0 +1,238 @@
+"""Typed, frozen schema of the configuration files.
+
+``DaemonSettings`` is the ``daemon:`` section of deploy.conf (one value for the whole daemon).
+``NodeSettings`` is everything else: the same keys may appear in deploy.conf, in a cluster file
+and in a node's entry of nodes.conf; the loader merges them (node > cluster > global) and
+validates the result against this schema.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+)
+
+from kadeployd.config.templates import CommandTemplate, TemplateError, placeholders
+from kadeployd.config.timeouts import Timeout
+
+
+class Frozen(BaseModel):
+    """Base of every config model: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class Macrostep(StrEnum):
+    """The three macrosteps of a deployment, in the order they run."""
+
+    SET_DEPLOYMENT_ENV = "SetDeploymentEnv"
+    BROADCAST_ENV = "BroadcastEnv"
+    BOOT_NEW_ENV = "BootNewEnv"
+
+
+VARIANTS: dict[Macrostep, tuple[str, ...]] = {
+    Macrostep.SET_DEPLOYMENT_ENV: ("untrusted", "prod", "dummy"),
+    Macrostep.BROADCAST_ENV: ("direct", "dummy"),
+    Macrostep.BOOT_NEW_ENV: ("classical", "hard_reboot", "dummy"),
+}
+"""Implemented variants of each macrostep; a config naming another one is rejected."""
+
+
+def _template_item(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError(
+            "got a boolean: YAML reads unquoted on, off, yes and no as true/false; quote the word"
+        )
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _to_template(items: tuple[str, ...]) -> CommandTemplate:
+    if not items:
+        raise ValueError("expected a non-empty argument list such as [ipmitool, -H, '{bmc}', ...]")
+    for item in items:
+        try:
+            placeholders(item)
+        except TemplateError as exc:
+            raise ValueError(str(exc)) from None
+    return CommandTemplate(items)
+
+
+def _to_timeout(value: object) -> Timeout:
+    return Timeout.parse(value)
+
+
+TemplateArg = Annotated[str, BeforeValidator(_template_item)]
+Command = Annotated[
+    tuple[TemplateArg, ...],
+    AfterValidator(_to_template),
+    PlainSerializer(lambda t: list(t.argv)),
+]
+TimeoutValue = Annotated[Any, AfterValidator(_to_timeout), PlainSerializer(str)]
+Seconds = Annotated[float, Field(gt=0)]
+PartitionNumber = Annotated[int, Field(ge=1, le=128)]
+PortNumber = Annotated[int, Field(ge=1, le=65535)]
+
+
+# ---------------------------------------------------------------- node settings
+
+
+class SshSettings(Frozen):
+    """How the daemon reaches nodes' deploy and deployed envs."""
+
+    user: str = "root"
+    port: PortNumber = 22
+    identity_file: Path = Path("/etc/kadeployd/id_deploy")
+    connect_timeout: Seconds = 10
+    command_timeout: Seconds = 600
+    keepalive_interval: Seconds = 15
+
+
+class PowerSettings(Frozen):
+    """Power and reboot command templates (argument lists), run by the RebootActor."""
+
+    command_timeout: Seconds = 30
+    reboot_soft: Command | None = None
+    reboot_hard: Command | None = None
+    reboot_very_hard: Command | None = None
+    power_on: Command | None = None
+    power_off: Command | None = None
+    power_status: Command | None = None
+
+
+class BootSettings(Frozen):
+    """PXE boot of the deploy env and of the prod env."""
+
+    deploy_kernel: str
+    """Path of the deploy env's kernel, relative to ``daemon.tftp.root``."""
+    deploy_initrd: str | None = None
+    deploy_kernel_params: str = ""
+    prod_boot: Literal["chain", "localboot"] = "chain"
+    """How the prod env is booted: chain.c32 to the prod partition, or the disk's own loader."""
+    check_interval: Seconds = 2
+
+
+class DiskSettings(Frozen):
+    """Block device layout of the nodes."""
+
+    block_device: str = "/dev/sda"
+    partition_device: str = "{block_device}{partition}"
+    deploy_partition: PartitionNumber = 3
+    prod_partition: PartitionNumber | None = 2
+    swap_partition: PartitionNumber | None = None
+    filesystem: Literal["ext2", "ext3", "ext4", "xfs"] = "ext4"
+    partitioning_script: Path | None = None
+    """Admin script run in the deploy env before formatting; None keeps the partition table."""
+
+    def partition_path(self, number: int) -> str:
+        """Device path of partition ``number`` (``/dev/sda3``, ``/dev/nvme0n1p3``)."""
+        return self.partition_device.format(block_device=self.block_device, partition=number)
+
+
+class Variant(Frozen):
+    """One variant of a macrostep with its retry and timeout policy."""
+
+    type: str
+    retries: Annotated[int, Field(ge=0, le=100)] = 0
+    timeout: TimeoutValue
+
+
+def _variant_list(macrostep: Macrostep) -> Any:
+    def check(variants: tuple[Variant, ...]) -> tuple[Variant, ...]:
+        if not variants:
+            raise ValueError(f"expected at least one variant of {macrostep.value}")
+        return variants
+
+    return Annotated[tuple[Variant, ...], AfterValidator(check)]
+
+
+class Macrosteps(Frozen):
+    """Variant lists per macrostep, tried in order."""
+
+    SetDeploymentEnv: _variant_list(Macrostep.SET_DEPLOYMENT_ENV)  # type: ignore[valid-type]
+    BroadcastEnv: _variant_list(Macrostep.BROADCAST_ENV)  # type: ignore[valid-type]
+    BootNewEnv: _variant_list(Macrostep.BOOT_NEW_ENV)  # type: ignore[valid-type]
+
+    def variants(self, macrostep: Macrostep) -> tuple[Variant, ...]:
+        """The variant list of ``macrostep``."""
+        result: tuple[Variant, ...] = getattr(self, macrostep.value)
+        return result
+
+
+class Automata(Frozen):
+    """The deployment workflow's policy, as in Kadeploy3's ``automata`` section."""
+
+    macrosteps: Macrosteps
+
+
+class NodeSettings(Frozen):
+    """Everything that may differ from node to node, after merging the three layers."""
+
+    ssh: SshSettings = SshSettings()
+    vars: dict[str, Annotated[str, BeforeValidator(_template_item)]] = {}
+    power: PowerSettings = PowerSettings()
+    boot: BootSettings
+    disk: DiskSettings = DiskSettings()
+    automata: Automata
+
+
+# ---------------------------------------------------------------- daemon settings
+
+
+def _host_port(value: str | None) -> str | None:
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:25300; got {value!r}")
+    return value
+
+
+class ApiSettings(Frozen):
+    """Where the REST API listens; the Unix socket is always served."""
+
+    unix_socket: Path | None = None
+    """Default: ``<state_dir>/kadeployd.sock``."""
+    tcp_listen: Annotated[str | None, AfterValidator(_host_port)] = None
+
+
+class TftpSettings(Frozen):
+    """The daemon's own TFTP server, which nodes' PXE firmware asks for profiles and kernels."""
+
+    listen: str = "0.0.0.0"  # noqa: S104 - nodes reach the TFTP server from the cluster network
+    port: PortNumber = 69
+    root: Path | None = None
+    """Default: ``<state_dir>/tftp``."""
+
+
+class DaemonSettings(Frozen):
+    """The ``daemon:`` section of deploy.conf."""
+
+    state_dir: Path = Path("/var/lib/kadeployd")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    api: ApiSettings = ApiSettings()
+    tftp: TftpSettings = TftpSettings()
+    reboot_window: Annotated[int, Field(ge=1)] = 10
+    reboot_window_sleep: Annotated[float, Field(ge=0)] = 0
+    almighty_users: tuple[str, ...] = ("root",)
+    max_upload_mib: Annotated[int, Field(ge=1)] = 4096
+
+    @property
+    def tftp_root(self) -> Path:
+        """The TFTP root, defaulting to ``<state_dir>/tftp``."""
+        return self.tftp.root or self.state_dir / "tftp"
+
+    @property
+    def unix_socket(self) -> Path:
+        """The API's Unix socket, defaulting to ``<state_dir>/kadeployd.sock``."""
+        return self.api.unix_socket or self.state_dir / "kadeployd.sock"
