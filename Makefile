@@ -4,7 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint venv clean
+# Debian packages the testbed and the tests use: openssh (nodes' sshd and the client),
+# ipmitool (power commands against the BMCs), busybox-static (root filesystem of test images),
+# e2fsprogs/fdisk/util-linux/mount (disks), zstd/xz-utils/gzip (image compressions),
+# iproute2 (namespaces, veth, tc), procps/psmisc (process sweeps).
+DEBIAN_PACKAGES := openssh-server openssh-client ipmitool busybox-static e2fsprogs fdisk \
+	util-linux mount zstd xz-utils gzip tar iproute2 procps psmisc
+
+.PHONY: test lint venv system-deps clean
 
 venv: $(STAMP)
 
@@ -14,8 +21,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+# Installs the missing Debian packages (as root), or says which are missing.
+system-deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages (install as root): $$missing" >&2; exit 1; fi; \
+	echo "installing Debian packages: $$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+
+# The venv's bin/ goes first on PATH: tests run the installed console scripts as subprocesses.
+test: system-deps $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

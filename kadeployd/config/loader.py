@@ -66,7 +66,13 @@ class _Problems:
         self.items.extend(problems)
 
     def unique(self) -> list[Problem]:
-        return list(dict.fromkeys(self.items))
+        """Each problem once, in file order (deploy.conf, cluster files, nodes.conf), then line."""
+
+        def order(problem: Problem) -> tuple[int, str, int]:
+            rank = {DEPLOY_CONF: 0, NODES_CONF: 2}.get(problem.source, 1)
+            return rank, problem.source, problem.line or 0
+
+        return sorted(dict.fromkeys(self.items), key=order)
 
 
 def load_config(directory: Path) -> Config:
