@@ -1,0 +1,197 @@
+"""Streaming access to image files: decompression and SHA-256, never the whole file in memory.
+
+Errors of the decompressors (gzip, lzma, zstandard) and of the file system are translated into
+:class:`~kadeployd.errors.ImageError` as they happen, including in the middle of a read, so a
+truncated or corrupt image gives one clear message and never a traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import lzma
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
+
+import zstandard
+
+from kadeployd.environment.description import Compression
+from kadeployd.environment.zstdframes import FrameTap, ZstdFrameError
+from kadeployd.errors import ImageError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+"""Read size for hashing and copying: 1 MiB."""
+
+_MAGIC: tuple[tuple[bytes, Compression], ...] = (
+    (b"\x1f\x8b", Compression.GZIP),
+    (b"\x28\xb5\x2f\xfd", Compression.ZSTD),
+    (b"\xfd7zXZ\x00", Compression.XZ),
+)
+
+DECOMPRESSION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # includes gzip.BadGzipFile
+    EOFError,  # gzip and lzma: the stream ends before its end marker
+    zlib.error,
+    lzma.LZMAError,
+    zstandard.ZstdError,
+    ZstdFrameError,
+)
+"""What reading a decompressed stream may raise on a bad file."""
+
+
+class _Reader(Protocol):
+    """What the decompressors and plain files have in common."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDigest:
+    """SHA-256 (hex) and length of a byte stream."""
+
+    sha256: str
+    size: int
+
+
+def sniff_compression(path: Path) -> Compression | None:
+    """The compression ``path`` starts like (by magic number), or None if unknown or none."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return None
+    for magic, compression in _MAGIC:
+        if head.startswith(magic):
+            return compression
+    return None
+
+
+def open_image_stream(path: Path, compression: Compression) -> BinaryIO:
+    """``path`` decompressed as a stream; close it when done.
+
+    Raises :class:`ImageError` if the file cannot be opened, and from ``read`` if the data is
+    truncated or corrupt.
+    """
+    try:
+        raw = path.open("rb")
+    except OSError as exc:
+        raise ImageError(f"image {str(path)!r}: cannot open: {exc.strerror}") from None
+    inner: _Reader
+    try:
+        if compression is Compression.GZIP:
+            inner = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif compression is Compression.XZ:
+            inner = lzma.LZMAFile(raw, mode="rb")  # noqa: SIM115 - closed by the returned stream
+        elif compression is Compression.ZSTD:
+            # The tap raises at a cut frame, which the stream reader would end silently.
+            inner = zstandard.ZstdDecompressor().stream_reader(
+                cast(BinaryIO, FrameTap(raw)),
+                read_size=CHUNK,
+                read_across_frames=True,
+                closefd=False,
+            )
+        else:
+            inner = raw
+    except DECOMPRESSION_ERRORS as exc:
+        raw.close()
+        raise _translate(path, compression, exc) from None
+    return cast(BinaryIO, _DecompressedStream(path, compression, raw, inner))
+
+
+class _DecompressedStream(io.RawIOBase):
+    """A read-only stream that turns decompression errors into :class:`ImageError`."""
+
+    def __init__(self, path: Path, compression: Compression, raw: _Reader, inner: _Reader) -> None:
+        super().__init__()
+        self._path = path
+        self._compression = compression
+        self._raw = raw
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            return self._inner.read(-1 if size is None else size)
+        except DECOMPRESSION_ERRORS as exc:
+            raise _translate(self._path, self._compression, exc) from None
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        try:
+            return self._inner.readinto(buffer)
+        except DECOMPRESSION_ERRORS as exc:
+            raise _translate(self._path, self._compression, exc) from None
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self._inner is not self._raw:
+                self._inner.close()
+        except DECOMPRESSION_ERRORS:
+            logger.debug("closing %s", self._path, exc_info=True)
+        finally:
+            self._raw.close()
+            super().close()
+
+
+def _translate(path: Path, compression: Compression, exc: BaseException) -> ImageError:
+    """An :class:`ImageError` saying what is wrong with ``path`` in words."""
+    if isinstance(exc, EOFError):
+        what = f"truncated: the compressed data ends too early ({exc})"
+    elif isinstance(exc, OSError) and exc.strerror:
+        what = f"cannot read: {exc.strerror}"
+    else:
+        what = f"corrupt {compression.value} data ({exc})"
+    message = f"image {str(path)!r}: {what}"
+    actual = sniff_compression(path)
+    if actual is not None and actual is not compression:
+        message += (
+            f"; the file looks like {actual.value} data but compression says {compression.value}"
+        )
+    elif actual is None and compression is not Compression.NONE:
+        message += f"; the file does not start like {compression.value} data"
+    return ImageError(message)
+
+
+def image_sha256(path: Path) -> str:
+    """SHA-256 (hex) of the image file as stored (compressed), read in 1 MiB chunks."""
+    try:
+        with path.open("rb") as handle:
+            return _digest(handle).sha256
+    except OSError as exc:
+        raise ImageError(f"image {str(path)!r}: cannot read: {exc.strerror}") from None
+
+
+def decompressed_sha256(path: Path, compression: Compression) -> StreamDigest:
+    """SHA-256 and length of the image's decompressed bytes (what lands on the disk for dd)."""
+    with open_image_stream(path, compression) as stream:
+        return _digest(cast(_Reader, stream))
+
+
+def _digest(stream: _Reader) -> StreamDigest:
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    size = 0
+    while True:
+        count = stream.readinto(view)
+        if not count:
+            break
+        digest.update(view[:count])
+        size += count
+    return StreamDigest(digest.hexdigest(), size)

@@ -1,0 +1,65 @@
+"""Load an environment description from a file or an uploaded text, reporting every mistake.
+
+Every problem (broken YAML, a top level that is not a mapping, wrong types, unknown keys,
+missing keys, missing files) is collected in one pass and raised as one
+:class:`~kadeployd.errors.EnvironmentError_`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kadeployd.environment.description import (
+    BASE_DIR,
+    CUSTOM_ERROR,
+    EnvironmentDescription,
+)
+from kadeployd.environment.validation import expected_at, shown, validation_problems
+from kadeployd.errors import EnvironmentError_, Problem
+from kadeployd.yamldoc import YamlDocument, YamlLoadError, load_yaml_file, parse_yaml
+
+logger = logging.getLogger(__name__)
+
+
+def load_environment(path: Path) -> EnvironmentDescription:
+    """Read and validate the description in ``path``; relative files are beside it."""
+    try:
+        doc = load_yaml_file(path)
+    except YamlLoadError as exc:
+        raise EnvironmentError_(exc.problems) from None
+    return _validate(doc, path.parent)
+
+
+def parse_environment(text: str, source: str, base_dir: Path) -> EnvironmentDescription:
+    """Validate a description given as text (an API upload); ``source`` names it in errors.
+
+    Relative file names are resolved against ``base_dir``.
+    """
+    try:
+        doc = parse_yaml(text, source)
+    except YamlLoadError as exc:
+        raise EnvironmentError_(exc.problems) from None
+    return _validate(doc, base_dir)
+
+
+def _validate(doc: YamlDocument, base_dir: Path) -> EnvironmentDescription:
+    if not isinstance(doc.data, dict):
+        expected = expected_at(EnvironmentDescription, ())
+        got = "an empty document" if doc.data is None else shown(doc.data)
+        raise EnvironmentError_(
+            [Problem(doc.source, f"expected {expected} at the top level; got {got}", line=1)]
+        )
+    try:
+        env = EnvironmentDescription.model_validate(
+            doc.data, context={BASE_DIR: base_dir.absolute()}
+        )
+    except ValidationError as exc:
+        raise EnvironmentError_(
+            validation_problems(exc, EnvironmentDescription, doc, {CUSTOM_ERROR})
+        ) from None
+    env._attach(doc.source, doc.lines)
+    logger.debug("environment %s version %d loaded from %s", env.name, env.version, doc.source)
+    return env
