@@ -210,7 +210,8 @@ class TftpSettings(Frozen):
     """The daemon's own TFTP server, which nodes' PXE firmware asks for profiles and kernels."""
 
     listen: str = "0.0.0.0"  # noqa: S104 - nodes reach the TFTP server from the cluster network
-    port: PortNumber = 69
+    port: Annotated[int, Field(ge=0, le=65535)] = 69
+    """0 picks a free port: only useful when nothing boots from it (tests)."""
     root: Path | None = None
     """Default: ``<state_dir>/tftp``."""
 
@@ -224,6 +225,8 @@ class DaemonSettings(Frozen):
     tftp: TftpSettings = TftpSettings()
     reboot_window: Annotated[int, Field(ge=1)] = 10
     reboot_window_sleep: Annotated[float, Field(ge=0)] = 0
+    direct_transfer_window: Annotated[int, Field(ge=1)] = 4
+    """Nodes one deployment streams its image to at once with the ``direct`` broadcast."""
     almighty_users: tuple[str, ...] = ("root",)
     max_upload_mib: Annotated[int, Field(ge=1)] = 4096
 

@@ -1,0 +1,84 @@
+"""Reaching the permanent actors across their restarts.
+
+Deployments outlive incarnations of the permanent actors: when the StoreActor crashes and the
+supervisor starts a new one, a node actor's next write must go to the new one. Callers
+therefore never keep a proxy: they name the service, and :func:`call` looks up the current
+incarnation, asks it with a timeout, and, if it died on the way, waits for its successor and
+asks once more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import pykka
+
+from kadeployd.errors import KadeployError
+from kadeployd.supervision import ChildUnavailable, UnknownChild
+
+logger = logging.getLogger(__name__)
+
+STORE = "store"
+REBOOT = "reboot"
+PXE = "pxe"
+CONFIG = "config"
+NODES = "nodes"
+
+
+class ServiceUnavailable(KadeployError):
+    """A permanent actor did not answer, even after a restart."""
+
+
+class Directory(Protocol):
+    """Finds the current incarnation of a permanent actor (the Supervisor is one)."""
+
+    def child(self, name: str, timeout: float = 5.0) -> pykka.ActorRef[Any]:
+        """The current ActorRef of ``name``, waiting while it restarts."""
+        ...
+
+
+class StaticDirectory:
+    """A Directory over fixed refs, for wiring parts of the tree without a supervisor."""
+
+    def __init__(self, refs: Mapping[str, pykka.ActorRef[Any]]) -> None:
+        self._refs = dict(refs)
+
+    def child(self, name: str, timeout: float = 5.0) -> pykka.ActorRef[Any]:
+        """The ref registered under ``name``."""
+        return self._refs[name]
+
+
+def call(
+    directory: Directory,
+    name: str,
+    method: Callable[[pykka.ActorProxy[Any]], pykka.Future[Any]],
+    timeout: float = 10.0,
+) -> Any:
+    """``method(proxy).get(timeout)`` on the current incarnation, retried once after a restart."""
+    for attempt in (1, 2):
+        try:
+            proxy = directory.child(name, timeout).proxy()
+            return method(proxy).get(timeout=timeout)
+        except pykka.ActorDeadError:
+            logger.info("%s died during a call (attempt %d): asking its successor", name, attempt)
+        except (ChildUnavailable, UnknownChild) as exc:
+            raise ServiceUnavailable(f"{name} is not available: {exc}") from None
+    raise ServiceUnavailable(f"{name} died twice during one call")
+
+
+def tell(
+    directory: Directory, name: str, method: Callable[[pykka.ActorProxy[Any]], object]
+) -> None:
+    """Fire-and-forget on the current incarnation; a dead one is looked up again once."""
+    for _attempt in (1, 2):
+        try:
+            method(directory.child(name, 5.0).proxy())
+            return
+        except pykka.ActorDeadError:
+            continue
+        except (ChildUnavailable, UnknownChild) as exc:
+            logger.warning("cannot reach %s: %s", name, exc)
+            return
+    logger.warning("%s died twice while being told something", name)

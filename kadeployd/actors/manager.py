@@ -1,0 +1,205 @@
+"""DeploymentManager: one per deployment; starts its node actors and decides the outcome.
+
+It prepares what all nodes share (the environment's kernel and initrd, published once on the
+TFTP server, read in a worker thread so the manager stays responsive), starts one NodeActor per
+node, counts their final states, and ends the deployment when every node finished, as soon as
+``min_nodes`` are deployed (the stragglers are aborted with "min nodes reached"), or as soon as
+``min_nodes`` can no longer be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from kadeployd.actors import directory
+from kadeployd.actors.directory import Directory
+from kadeployd.actors.node import NodeActor
+from kadeployd.config import Config
+from kadeployd.environment import ImageKind, read_boot_files
+from kadeployd.errors import KadeployError
+from kadeployd.workflow.job import BootFilesRef, DeploymentJob
+from kadeployd.workflow.outcome import Tally, Verdict
+from kadeployd.workflow.states import NodeState
+
+logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 10.0
+MIN_NODES_REACHED = "min nodes reached"
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentOutcome:
+    """How a deployment ended."""
+
+    deployment_id: str
+    verdict: Verdict
+    reason: str
+    nodes: dict[str, NodeState]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    boot_files: BootFilesRef | None
+    error: str | None
+
+
+class DeploymentManager(pykka.ThreadingActor):
+    """Runs one deployment. Public methods are its message API."""
+
+    def __init__(
+        self,
+        job: DeploymentJob,
+        config: Config,
+        services: Directory,
+        on_done: Callable[[DeploymentOutcome], None],
+    ) -> None:
+        super().__init__()
+        self._job = job
+        self._config = config
+        self._services = services
+        self._on_done = on_done
+        self._tally = Tally(job.nodes, job.request.min_nodes)
+        self._nodes: dict[str, pykka.ActorRef[Any]] = {}
+        self._decided: tuple[Verdict, str] | None = None
+        self._slots = threading.BoundedSemaphore(config.daemon.direct_transfer_window)
+
+    # ------------------------------------------------------------ message API
+
+    def on_start(self) -> None:
+        """Prepare the boot files in a worker thread; the nodes start when they are ready."""
+        threading.Thread(
+            target=self._prepare, name=f"prepare-{self._job.deployment_id}", daemon=True
+        ).start()
+
+    def node_finished(self, node: str, state: NodeState) -> None:
+        """A node actor reached a final state (told by the node)."""
+        self._tally.record(node, state)
+        self._nodes.pop(node, None)
+        self._decide()
+
+    def cancel(self, reason: str = "cancelled by user") -> None:
+        """Abort every node still working; the deployment ends ``aborted``."""
+        if self._decided is None:
+            self._decided = (Verdict.ABORTED, reason)
+        self._abort_all(reason)
+        self._maybe_end()
+
+    @property
+    def job(self) -> DeploymentJob:
+        """What this deployment was asked to do."""
+        return self._job
+
+    def status(self) -> dict[str, str]:
+        """Final states known so far, by node."""
+        return {node: state.value for node, state in self._tally.finished.items()}
+
+    def on_receive(self, message: Any) -> Any:
+        """The prepared boot files, from the worker thread."""
+        if isinstance(message, _Prepared):
+            self._prepared(message)
+
+    def on_stop(self) -> None:
+        """Stop node actors still alive (shutdown)."""
+        self._abort_all("daemon stopping")
+
+    # ------------------------------------------------------------ internals
+
+    def _prepare(self) -> None:
+        try:
+            boot_files = self._publish_boot_files()
+            message = _Prepared(boot_files, None)
+        except KadeployError as exc:
+            message = _Prepared(None, str(exc))
+        except OSError as exc:
+            message = _Prepared(None, f"cannot read the image: {exc}")
+        with contextlib.suppress(pykka.ActorDeadError):  # cancelled and gone meanwhile
+            self.actor_ref.tell(message)
+
+    def _publish_boot_files(self) -> BootFilesRef | None:
+        environment = self._job.environment
+        if not environment.image.file.is_file():
+            raise KadeployError(f"image {environment.image.file} not found")
+        if environment.image.kind != ImageKind.TAR:
+            return None  # a dd image boots from its partition (chain.c32)
+        files = read_boot_files(environment)
+        key = f"{environment.name}-{environment.version}-{self._job.deployment_id[:8]}"
+        kernel, initrd = directory.call(
+            self._services,
+            directory.PXE,
+            lambda pxe: pxe.publish_boot_files(key, files.kernel, files.initrd),
+            timeout=60.0,
+        )
+        return BootFilesRef(kernel, initrd)
+
+    def _prepared(self, prepared: _Prepared) -> None:
+        if self._decided is not None:  # cancelled before the nodes started
+            for node in self._job.nodes:
+                self._fail_unstarted(node, NodeState.ABORTED, self._decided[1])
+            self._maybe_end()
+            return
+        if prepared.error is not None:
+            for node in self._job.nodes:
+                self._fail_unstarted(node, NodeState.DEPLOY_FAILED, prepared.error)
+            self._decide()
+            return
+        job = dataclasses.replace(self._job, boot_files=prepared.boot_files)
+        proxy = self.actor_ref.proxy()
+        for name in job.nodes:
+            ref = NodeActor.start(job, self._config.nodes[name], self._services, proxy, self._slots)
+            self._nodes[name] = ref
+        for ref in self._nodes.values():
+            ref.proxy().start_deployment()
+
+    def _fail_unstarted(self, node: str, state: NodeState, message: str) -> None:
+        step = "prepare" if state == NodeState.DEPLOY_FAILED else None
+        directory.call(
+            self._services,
+            directory.STORE,
+            lambda store: store.finish_node(
+                self._job.deployment_id, node, state.value, message, error_step=step
+            ),
+        )
+        self._tally.record(node, state)
+
+    def _decide(self) -> None:
+        if self._decided is None:
+            verdict, reason = self._tally.verdict()
+            if verdict != Verdict.RUNNING:
+                self._decided = (verdict, reason)
+                if self._nodes:
+                    why = MIN_NODES_REACHED if verdict == Verdict.SUCCEEDED else reason
+                    self._abort_all(why)
+        self._maybe_end()
+
+    def _abort_all(self, reason: str) -> None:
+        for ref in list(self._nodes.values()):
+            try:
+                ref.proxy().abort(reason)
+            except pykka.ActorDeadError:
+                continue
+
+    def _maybe_end(self) -> None:
+        if self._decided is None or self._tally.unfinished:
+            return
+        verdict, reason = self._decided
+        directory.call(
+            self._services,
+            directory.STORE,
+            lambda store: store.finish_deployment(self._job.deployment_id, verdict.value, reason),
+        )
+        outcome = DeploymentOutcome(
+            self._job.deployment_id, verdict, reason, dict(self._tally.finished)
+        )
+        logger.info("deployment %s %s: %s", self._job.deployment_id, verdict, reason)
+        try:
+            self._on_done(outcome)
+        finally:
+            self.actor_ref.stop(block=False)

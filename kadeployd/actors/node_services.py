@@ -1,0 +1,154 @@
+"""The daemon services a node's microsteps use, bound to one node of one deployment.
+
+This is where the workflow meets the adapters (SSH, host keys) and the permanent actors (PXE,
+reboot, store), always through :mod:`kadeployd.actors.directory` so that a restarted actor is
+found again. It runs in the node's worker thread, never in an actor's thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+
+from kadeployd.actors import directory
+from kadeployd.actors.directory import Directory
+from kadeployd.adapters.hostkey import fetch_host_key
+from kadeployd.adapters.ssh import SshConnection, SshTarget, probe
+from kadeployd.config import Node
+from kadeployd.pxe.profiles import BootTarget
+from kadeployd.reboot.jobs import RebootResult
+from kadeployd.reboot.levels import RebootLevel
+from kadeployd.workflow.cancel import CancelToken
+from kadeployd.workflow.context import ProbeView, StepCancelled, StepFailed
+from kadeployd.workflow.job import DeploymentJob
+
+logger = logging.getLogger(__name__)
+
+PXE_TIMEOUT = 10.0
+REBOOT_RESUBMISSIONS = 3
+REBOOT_QUEUE_ALLOWANCE = 3600.0
+"""Upper bound of a reboot request's wait in the reboot window queue; the variant's timeout
+normally cancels long before."""
+
+
+class NodeServicesImpl:
+    """:class:`~kadeployd.workflow.context.NodeServices` over the real actors and adapters."""
+
+    def __init__(
+        self,
+        job: DeploymentJob,
+        node: Node,
+        services: Directory,
+        transfer_slots: threading.Semaphore,
+    ) -> None:
+        self._job = job
+        self._node = node
+        self._services = services
+        self._slots = transfer_slots
+        self._target = SshTarget.from_node(node)
+        self._connection: SshConnection | None = None
+        self._lock = threading.Lock()
+        self._token: CancelToken | None = None
+
+    def bind(self, token: CancelToken) -> None:
+        """Attach the cancel token of the attempt about to run: cancelling it cuts SSH."""
+        self._token = token
+        token.on_cancel(self.interrupt)
+
+    def interrupt(self) -> None:
+        """Abort whatever SSH command runs now (from any thread)."""
+        with self._lock:
+            connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.cancel()
+
+    def close(self) -> None:
+        """Release the SSH connection."""
+        self.reset_shell()
+
+    def set_pxe(self, target: BootTarget) -> None:
+        """Write the node's PXE profile."""
+        directory.call(
+            self._services,
+            directory.PXE,
+            lambda pxe: pxe.set_profile(self._node.mac, target),
+            PXE_TIMEOUT,
+        )
+
+    def reboot(self, level: RebootLevel, cancelled: CancelToken) -> None:
+        """Ask the RebootActor; ask its successor if it was restarted before answering."""
+        for _incarnation in range(REBOOT_RESUBMISSIONS):
+            result = self._reboot_once(level, cancelled)
+            if cancelled.is_set():
+                raise StepCancelled(cancelled.reason)
+            if result is not None and not result.stopped:
+                if not result.ok:
+                    raise StepFailed(f"{level} reboot failed: {result.message}")
+                return
+            logger.info("%s: reboot service restarted, asking again", self._node.name)
+        raise StepFailed(f"{level} reboot: the reboot service keeps restarting")
+
+    def _reboot_once(self, level: RebootLevel, cancelled: CancelToken) -> RebootResult | None:
+        """One request; None if the service died without answering."""
+        done = threading.Event()
+        box: list[RebootResult] = []
+        request_id = f"{self._job.deployment_id}:{self._node.name}:{uuid.uuid4().hex[:8]}"
+
+        def reply(result: RebootResult) -> None:
+            box.append(result)
+            done.set()
+
+        ref = self._services.child(directory.REBOOT, PXE_TIMEOUT)
+        ref.proxy().reboot(request_id, self._node, level, reply)
+        unregister = cancelled.on_cancel(done.set)
+        try:
+            waited = 0.0
+            while not done.wait(1.0):
+                waited += 1.0
+                if not ref.is_alive():
+                    return None
+                if waited > REBOOT_QUEUE_ALLOWANCE:
+                    raise StepFailed(f"{level} reboot: no answer from the reboot service")
+        finally:
+            unregister()
+        if cancelled.is_set() and not box:
+            directory.tell(self._services, directory.REBOOT, lambda r: r.cancel(request_id))
+        return box[0] if box else None
+
+    def probe(self) -> ProbeView:
+        """Log in and read /proc/cmdline."""
+        seen = probe(self._target, timeout=self._node.settings.ssh.connect_timeout)
+        return ProbeView(seen.reachable, seen.cmdline or "", seen.error or "")
+
+    def host_key(self) -> str | None:
+        """The host key the node's SSH server offers now."""
+        ssh = self._node.settings.ssh
+        return fetch_host_key(self._node.address, ssh.port, ssh.connect_timeout)
+
+    def shell(self) -> SshConnection:
+        """The reused SSH connection to the node's current env."""
+        with self._lock:
+            if self._connection is None:
+                self._connection = SshConnection(self._target)
+            return self._connection
+
+    def reset_shell(self) -> None:
+        """Forget the connection: the node is about to reboot into another env."""
+        with self._lock:
+            connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    @contextlib.contextmanager
+    def broadcast_slot(self, cancelled: CancelToken) -> Iterator[None]:
+        """One of the deployment's direct-transfer slots, released on exit."""
+        while not self._slots.acquire(timeout=0.5):
+            if cancelled.is_set():
+                raise StepCancelled(cancelled.reason)
+        try:
+            yield
+        finally:
+            self._slots.release()

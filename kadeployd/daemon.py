@@ -1,0 +1,146 @@
+"""Wiring: the daemon's supervision tree, started in dependency order, stopped in reverse.
+
+::
+
+    Supervisor (one_for_one)
+    ├─ config   ConfigActor      the configuration snapshot
+    ├─ store    StoreActor       the SQLite store, only writer
+    ├─ reboot   RebootActor      power and reboot commands, windowed
+    ├─ pxe      PxeActor         TFTP server and PXE profiles
+    └─ nodes    NodeSupervisor   deployments: DeploymentManager -> NodeActor x N
+
+Everything that can be checked before the tree runs is checked first (configuration, the
+database), so a bad start-up fails at once with a clear message and exit status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from kadeployd.actors import directory
+from kadeployd.actors.config_actor import ConfigActor
+from kadeployd.actors.directory import CONFIG, NODES, PXE, REBOOT, STORE
+from kadeployd.actors.node_supervisor import NodeSupervisor
+from kadeployd.config import Config, load_config
+from kadeployd.pxe.actor import PxeActor
+from kadeployd.reboot.actor import RebootActor
+from kadeployd.store.actor import StoreActor
+from kadeployd.store.connection import database_path
+from kadeployd.store.reader import StoreReader
+from kadeployd.store.store import Store
+from kadeployd.supervision import ChildSpec, Restart, Supervisor, SupervisorExit
+from kadeployd.workflow.job import DeploymentRequest
+
+logger = logging.getLogger(__name__)
+
+CALL_TIMEOUT = 30.0
+
+
+class _Tree:
+    """A Directory that forwards to the supervisor once it exists.
+
+    The NodeSupervisor is started by the supervisor and needs to reach its siblings through
+    it, so its directory is handed out before the supervisor handle is.
+    """
+
+    def __init__(self) -> None:
+        self.supervisor: Supervisor | None = None
+
+    def child(self, name: str, timeout: float = 5.0) -> pykka.ActorRef[Any]:
+        """The current incarnation of the permanent actor ``name``."""
+        assert self.supervisor is not None, "the tree is not started yet"
+        return self.supervisor.child(name, timeout)
+
+
+class Daemon:
+    """A running supervision tree, and the calls the API and the tests make on it."""
+
+    def __init__(self, config_dir: Path, config: Config, tree: _Tree, supervisor: Supervisor):
+        self.config_dir = config_dir
+        self.config = config
+        self._tree = tree
+        self.supervisor = supervisor
+        self.database = database_path(config.daemon.state_dir)
+
+    @classmethod
+    def start(cls, config_dir: Path, *, max_restarts: int = 5, period: float = 10.0) -> Daemon:
+        """Validate, then start the tree. Raises ConfigError or StoreError before starting."""
+        config = load_config(config_dir)
+        daemon_settings = config.daemon
+        daemon_settings.state_dir.mkdir(parents=True, exist_ok=True)
+        database = database_path(daemon_settings.state_dir)
+        with Store.open(database) as store:
+            interrupted = store.mark_interrupted()
+        if interrupted:
+            logger.warning("deployments left running by a previous daemon: %s", interrupted)
+        tree = _Tree()
+
+        def current_config() -> Config:
+            snapshot: Config = directory.call(tree, CONFIG, lambda c: c.snapshot())
+            return snapshot
+
+        specs = [
+            ChildSpec(CONFIG, lambda: ConfigActor.start(config_dir), Restart.PERMANENT, 5.0),
+            ChildSpec(STORE, lambda: StoreActor.start(path=database), Restart.PERMANENT, 10.0),
+            ChildSpec(
+                REBOOT,
+                lambda: RebootActor.start(
+                    window=daemon_settings.reboot_window,
+                    window_sleep=daemon_settings.reboot_window_sleep,
+                ),
+                Restart.PERMANENT,
+                10.0,
+            ),
+            ChildSpec(
+                PXE,
+                lambda: PxeActor.start(
+                    root=daemon_settings.tftp_root,
+                    listen=daemon_settings.tftp.listen,
+                    port=daemon_settings.tftp.port,
+                ),
+                Restart.PERMANENT,
+                10.0,
+            ),
+            ChildSpec(
+                NODES,
+                lambda: NodeSupervisor.start(tree, current_config),
+                Restart.PERMANENT,
+                30.0,
+            ),
+        ]
+        supervisor = Supervisor.start(specs, max_restarts=max_restarts, period=period)
+        tree.supervisor = supervisor
+        return cls(config_dir, config, tree, supervisor)
+
+    def deploy(self, request: DeploymentRequest) -> str:
+        """Start a deployment; returns its id."""
+        deployment_id: str = directory.call(
+            self._tree, NODES, lambda n: n.deploy(request), CALL_TIMEOUT
+        )
+        return deployment_id
+
+    def cancel(self, deployment_id: str, reason: str = "cancelled by user") -> bool:
+        """Cancel a running deployment."""
+        cancelled: bool = directory.call(
+            self._tree, NODES, lambda n: n.cancel(deployment_id, reason)
+        )
+        return cancelled
+
+    def reader(self) -> StoreReader:
+        """A read-only view of the store for this thread."""
+        return StoreReader(self.database)
+
+    def wait(self, timeout: float) -> SupervisorExit | None:
+        """Wait for the tree to end by itself (restart intensity exceeded)."""
+        return self.supervisor.wait(timeout)
+
+    def stop(self) -> SupervisorExit:
+        """Orderly shutdown: deployments aborted, actors stopped in reverse order."""
+        outcome = self.supervisor.stop()
+        for ref in pykka.ActorRegistry.get_all():
+            logger.error("actor still alive after shutdown (a bug): %s", ref)
+        return outcome

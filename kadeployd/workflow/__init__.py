@@ -1,0 +1,1 @@
+"""The per-node deployment workflow: states, retry policy, microsteps and variants."""

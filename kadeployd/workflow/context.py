@@ -1,0 +1,146 @@
+"""What a microstep gets to work with, and how it reports failure.
+
+Microsteps run in a worker thread owned by the node's actor, never in an actor's own thread:
+they block on SSH commands and reboots, bounded by their own timeouts, and the actor stays
+free to handle an abort or the variant's timeout at once. ``cancelled`` is set by the actor in
+both cases; a step waiting on anything waits on it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kadeployd.adapters.commands import CommandResult
+from kadeployd.config import Node
+from kadeployd.errors import KadeployError
+from kadeployd.pxe.profiles import BootTarget
+from kadeployd.reboot.levels import RebootLevel
+from kadeployd.workflow.cancel import CancelToken
+from kadeployd.workflow.job import DeploymentJob
+from kadeployd.workflow.policy import Position
+from kadeployd.workflow.states import NodeState
+
+
+class StepFailed(KadeployError):
+    """An expected failure of a microstep (node unreachable, command failed): retried."""
+
+
+class StepCancelled(KadeployError):
+    """The step was interrupted by an abort or by the variant's timeout."""
+
+
+class RemoteShell(Protocol):
+    """The SSH connection to the node, as microsteps use it."""
+
+    def run(
+        self,
+        argv: list[str] | None = None,
+        script: str | None = None,
+        *,
+        timeout: float,
+        stdin: Any = None,
+        on_output: Callable[[str, str], None] | None = None,
+    ) -> CommandResult:
+        """Run a command or a shell script on the node."""
+        ...
+
+
+class NodeServices(Protocol):
+    """Daemon services a microstep calls; implemented by the node's actor with the real actors."""
+
+    def set_pxe(self, target: BootTarget) -> None:
+        """Write the node's PXE profile (bounded wait)."""
+        ...
+
+    def reboot(self, level: RebootLevel, cancelled: CancelToken) -> None:
+        """Reboot the node at ``level``; raise StepFailed if the command failed."""
+        ...
+
+    def probe(self) -> ProbeView:
+        """One quick authenticated look at the node: reachable? and its /proc/cmdline."""
+        ...
+
+    def host_key(self) -> str | None:
+        """The node's SSH host key fingerprint, without logging in; None if unreachable."""
+        ...
+
+    def broadcast_slot(self, cancelled: CancelToken) -> AbstractContextManager[None]:
+        """Hold one of the deployment's direct-transfer slots (bounded concurrency)."""
+        ...
+
+    def shell(self) -> RemoteShell:
+        """The (reused) SSH connection to the node's current env."""
+        ...
+
+    def reset_shell(self) -> None:
+        """Drop the SSH connection (the node rebooted: the next one is a new env)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeView:
+    """What a probe saw."""
+
+    reachable: bool
+    cmdline: str = ""
+    error: str = ""
+
+
+@dataclass
+class StepContext:
+    """Everything a microstep may use, for one node of one deployment."""
+
+    job: DeploymentJob
+    node: Node
+    position: Position
+    variant: str
+    services: NodeServices
+    cancelled: CancelToken
+    set_state: Callable[[NodeState], None]
+    log: Callable[[str, str], None]
+    """``log(stream, text)``: kept in the node's log in the store."""
+    memory: dict[str, str] = field(default_factory=dict)
+    """Facts a later step needs, e.g. the deploy env's host key (survives retries)."""
+
+    @property
+    def deploy_partition(self) -> int:
+        """The partition the environment goes to."""
+        return self.job.deploy_partition or self.node.settings.disk.deploy_partition
+
+    @property
+    def deploy_device(self) -> str:
+        """Device path of the deploy partition on the node."""
+        return self.node.settings.disk.partition_path(self.deploy_partition)
+
+    @property
+    def command_timeout(self) -> float:
+        """Upper bound of any single remote command."""
+        return self.node.settings.ssh.command_timeout
+
+    def wait(self, seconds: float) -> None:
+        """Wait ``seconds`` unless cancelled first (then raise StepCancelled)."""
+        if self.cancelled.wait(seconds):
+            raise StepCancelled(self.cancelled.reason)
+
+    def check_cancelled(self) -> None:
+        """Raise StepCancelled if the step was cancelled."""
+        if self.cancelled.is_set():
+            raise StepCancelled(self.cancelled.reason)
+
+    def run(self, script: str, *, stdin: Any = None, what: str) -> CommandResult:
+        """Run ``script`` on the node, log it, raise StepFailed on failure."""
+        self.check_cancelled()
+        self.log("cmd", script)
+        result = self.services.shell().run(
+            script=script, timeout=self.command_timeout, stdin=stdin, on_output=self.log
+        )
+        self.check_cancelled()
+        if result.timed_out:
+            raise StepFailed(f"{what}: timed out after {self.command_timeout:g} s")
+        if result.returncode != 0:
+            tail = result.stderr_tail(5).strip() or result.stdout[-500:].strip()
+            raise StepFailed(f"{what}: exit status {result.returncode}: {tail}")
+        return result

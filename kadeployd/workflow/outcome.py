@@ -1,0 +1,65 @@
+"""When a deployment is over: all nodes finished, or ``min_nodes`` reached or out of reach.
+
+Pure logic fed with each node's final state by the DeploymentManager.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from kadeployd.workflow.states import NodeState
+
+
+class Verdict(StrEnum):
+    """The deployment's status."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+@dataclass
+class Tally:
+    """Counts final node states against the deployment's goal."""
+
+    nodes: tuple[str, ...]
+    min_nodes: int | None = None
+    finished: dict[str, NodeState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.min_nodes is not None and not 1 <= self.min_nodes <= len(self.nodes):
+            raise ValueError(f"min_nodes must be between 1 and {len(self.nodes)}")
+
+    @property
+    def deployed(self) -> int:
+        """Nodes whose final state is DEPLOYED."""
+        return sum(1 for s in self.finished.values() if s == NodeState.DEPLOYED)
+
+    @property
+    def unfinished(self) -> list[str]:
+        """Nodes still working, in deployment order."""
+        return [n for n in self.nodes if n not in self.finished]
+
+    def record(self, node: str, state: NodeState) -> None:
+        """Note that ``node`` reached the final ``state`` (the first report wins)."""
+        if not state.final:
+            raise ValueError(f"{state} is not a final state")
+        self.finished.setdefault(node, state)
+
+    def verdict(self) -> tuple[Verdict, str]:
+        """The deployment's status now, and why."""
+        goal = self.min_nodes or len(self.nodes)
+        possible = self.deployed + len(self.unfinished)
+        if self.min_nodes is not None and self.deployed >= self.min_nodes and self.unfinished:
+            return Verdict.SUCCEEDED, f"min nodes reached ({self.deployed}/{self.min_nodes})"
+        if possible < goal:
+            failed = len(self.nodes) - possible
+            return Verdict.FAILED, (
+                f"{goal} deployed nodes needed, at most {possible} possible "
+                f"({failed} node{'s' if failed > 1 else ''} failed)"
+            )
+        if self.unfinished:
+            return Verdict.RUNNING, ""
+        return Verdict.SUCCEEDED, f"{self.deployed}/{len(self.nodes)} nodes deployed"

@@ -1,0 +1,155 @@
+"""Pure workflow logic: the state table, the retry/fallback plan, min_nodes, cancel tokens."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from kadeployd.config import VARIANTS, Macrostep, Macrosteps
+from kadeployd.workflow.cancel import CancelToken
+from kadeployd.workflow.outcome import Tally, Verdict
+from kadeployd.workflow.policy import Plan, Position
+from kadeployd.workflow.states import FINAL_STATES, InvalidTransition, NodeState, check_transition
+from kadeployd.workflow.variants import MICROSTEPS
+
+S = NodeState
+
+
+def test_every_configurable_variant_has_microsteps_and_no_other() -> None:
+    assert {m: tuple(v) for m, v in MICROSTEPS.items()} == VARIANTS
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted"),
+    [
+        (S.PENDING, S.REBOOTING),
+        (S.PENDING, S.DEPLOY_ENV),
+        (S.REBOOTING, S.DEPLOY_ENV),
+        (S.PARTITIONING, S.REBOOTING),  # retry of SetDeploymentEnv
+        (S.POSTINSTALL, S.TRANSFERRING),  # retry of BroadcastEnv
+        (S.BOOTING, S.DEPLOYED),
+        (S.TRANSFERRING, S.ABORTED),
+        (S.PENDING, S.DEPLOY_FAILED),
+    ],
+)
+def test_allowed_transitions(current: NodeState, wanted: NodeState) -> None:
+    check_transition(current, wanted)
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted"),
+    [
+        (S.TRANSFERRING, S.DEPLOYED),
+        (S.POSTINSTALL, S.DEPLOYED),
+        (S.PENDING, S.DEPLOYED),
+        (S.DEPLOYED, S.REBOOTING),
+        (S.ABORTED, S.DEPLOYED),
+        (S.DEPLOY_FAILED, S.DEPLOY_FAILED),
+    ],
+)
+def test_forbidden_transitions(current: NodeState, wanted: NodeState) -> None:
+    with pytest.raises(InvalidTransition):
+        check_transition(current, wanted)
+
+
+def test_final_states_are_final() -> None:
+    assert all(state.final for state in FINAL_STATES)
+    assert not S.BOOTING.final
+
+
+def plan() -> Plan:
+    return Plan(
+        Macrosteps.model_validate(
+            {
+                "SetDeploymentEnv": [
+                    {"type": "untrusted", "retries": 2, "timeout": 10},
+                    {"type": "prod", "retries": 0, "timeout": 10},
+                ],
+                "BroadcastEnv": [{"type": "direct", "retries": 0, "timeout": "5 * n"}],
+                "BootNewEnv": [{"type": "classical", "retries": 1, "timeout": 10}],
+            }
+        )
+    )
+
+
+def test_a_variant_is_retried_then_falls_to_the_next_then_fails() -> None:
+    p = plan()
+    position = p.first()
+    assert position == Position(Macrostep.SET_DEPLOYMENT_ENV, 0, 1)
+    seen = []
+    while position is not None:
+        seen.append((p.variant(position).type, position.attempt))
+        position = p.after_failure(position)
+    assert seen == [("untrusted", 1), ("untrusted", 2), ("untrusted", 3), ("prod", 1)]
+
+
+def test_success_moves_to_the_next_macrostep_first_variant() -> None:
+    p = plan()
+    retried = Position(Macrostep.SET_DEPLOYMENT_ENV, 1, 1)
+    assert p.after_success(retried) == Position(Macrostep.BROADCAST_ENV, 0, 1)
+    assert p.after_success(Position(Macrostep.BOOT_NEW_ENV, 0, 2)) is None
+
+
+def test_tally_without_min_nodes_waits_for_every_node() -> None:
+    tally = Tally(("a", "b", "c"))
+    tally.record("a", S.DEPLOYED)
+    tally.record("b", S.DEPLOY_FAILED)
+    assert tally.verdict()[0] == Verdict.FAILED  # 3 needed, at most 2 possible
+    tally = Tally(("a", "b"))
+    tally.record("a", S.DEPLOYED)
+    assert tally.verdict() == (Verdict.RUNNING, "")
+    tally.record("b", S.DEPLOYED)
+    assert tally.verdict() == (Verdict.SUCCEEDED, "2/2 nodes deployed")
+
+
+def test_tally_succeeds_as_soon_as_min_nodes_are_deployed() -> None:
+    tally = Tally(("a", "b", "c", "d"), min_nodes=3)
+    for node in "abc":
+        assert tally.verdict()[0] == Verdict.RUNNING
+        tally.record(node, S.DEPLOYED)
+    assert tally.verdict() == (Verdict.SUCCEEDED, "min nodes reached (3/3)")
+
+
+def test_tally_fails_as_soon_as_min_nodes_is_out_of_reach() -> None:
+    tally = Tally(("a", "b", "c", "d"), min_nodes=4)
+    tally.record("b", S.DEPLOY_FAILED)
+    verdict, reason = tally.verdict()
+    assert verdict == Verdict.FAILED
+    assert reason == "4 deployed nodes needed, at most 3 possible (1 node failed)"
+
+
+def test_tally_refuses_impossible_min_nodes_and_non_final_states() -> None:
+    with pytest.raises(ValueError, match="between 1 and 2"):
+        Tally(("a", "b"), min_nodes=3)
+    with pytest.raises(ValueError, match="not a final state"):
+        Tally(("a",)).record("a", S.BOOTING)
+
+
+def test_cancel_token_runs_callbacks_once_with_the_first_reason() -> None:
+    token = CancelToken()
+    calls: list[str] = []
+    token.on_cancel(lambda: calls.append("early"))
+    removed = token.on_cancel(lambda: calls.append("removed"))
+    removed()
+    token.cancel("timeout")
+    token.cancel("abort")
+    token.on_cancel(lambda: calls.append("late"))
+    assert calls == ["early", "late"]
+    assert token.reason == "timeout"
+    assert token.wait(0)
+
+
+def test_cancel_token_wakes_a_waiting_thread() -> None:
+    token = CancelToken()
+    woke = threading.Event()
+
+    def waiter() -> None:
+        if token.wait(30):
+            woke.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    token.cancel("abort")
+    thread.join(timeout=10)
+    assert woke.is_set()
