@@ -162,7 +162,7 @@ def test_dd_image_needs_a_kernel_but_no_filesystem(envdir: Path) -> None:
     problem = only_problem(no_kernel)
     assert (problem.path, problem.line) == ("boot.kernel", 8)  # the line of "boot:"
     assert problem.message == (
-        "required key missing: expected an absolute path inside the image (like /vmlinuz)"
+        "required key is missing: expected an absolute path inside the image (like /vmlinuz)"
     )
 
 
@@ -412,17 +412,17 @@ def test_missing_required_keys(envdir: Path) -> None:
         (
             1,
             "name",
-            "required key missing: expected a name of letters, digits, '.', '_', '+' or '-' "
+            "required key is missing: expected a name of letters, digits, '.', '_', '+' or '-' "
             "(starting with a letter or digit, at most 64)",
         ),
-        (1, "os", "required key missing: expected linux (the only system kadeployd boots)"),
+        (1, "os", "required key is missing: expected linux (the only system kadeployd boots)"),
         (
             1,
             "boot",
-            "required key missing: expected a mapping with keys kernel, initrd, kernel_params",
+            "required key is missing: expected a mapping with keys kernel, initrd, kernel_params",
         ),
-        (2, "image.kind", "required key missing: expected one of tar, dd"),
-        (2, "image.compression", "required key missing: expected one of gzip, zstd, xz, none"),
+        (2, "image.kind", "required key is missing: expected one of tar, dd"),
+        (2, "image.compression", "required key is missing: expected one of gzip, zstd, xz, none"),
     ]
 
 

@@ -28,7 +28,7 @@ from kadeployd.config.templates import NODE_FIELDS, TemplateError, placeholders
 from kadeployd.errors import ConfigError, Problem
 from kadeployd.ranges import RangeError, expand_range
 from kadeployd.suggest import did_you_mean
-from kadeployd.validation import problems_from
+from kadeployd.validation import MISSING, problems_from
 from kadeployd.yamldoc import KeyPath, YamlDocument, YamlLoadError, dotted, load_yaml_file
 
 DEPLOY_CONF = "deploy.conf"
@@ -324,7 +324,7 @@ def _validate(scope: Merged, cluster: Layer, problems: _Problems) -> NodeSetting
 
 
 def _missing_hint(problem: Problem, cluster: Layer) -> Problem:
-    if problem.message != "required key is missing":
+    if not problem.message.startswith(MISSING):
         return problem
     return Problem(
         cluster.source,

@@ -54,8 +54,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from kadeployd.environment.validation import shown
 from kadeployd.errors import Problem
+from kadeployd.validation import shown
 from kadeployd.yamldoc import KeyPath, dotted
 
 logger = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from kadeployd.environment.description import (
     CUSTOM_ERROR,
     EnvironmentDescription,
 )
-from kadeployd.environment.validation import expected_at, shown, validation_problems
 from kadeployd.errors import EnvironmentError_, Problem
+from kadeployd.validation import expected_at, problems_from, shown
 from kadeployd.yamldoc import YamlDocument, YamlLoadError, load_yaml_file, parse_yaml
 
 logger = logging.getLogger(__name__)
@@ -57,9 +57,13 @@ def _validate(doc: YamlDocument, base_dir: Path) -> EnvironmentDescription:
             doc.data, context={BASE_DIR: base_dir.absolute()}
         )
     except ValidationError as exc:
-        raise EnvironmentError_(
-            validation_problems(exc, EnvironmentDescription, doc, {CUSTOM_ERROR})
-        ) from None
+        problems = problems_from(
+            exc,
+            EnvironmentDescription,
+            lambda loc: (doc.source, doc.line_of(loc)),
+            custom_types={CUSTOM_ERROR},
+        )
+        raise EnvironmentError_(problems) from None
     env._attach(doc.source, doc.lines)
     logger.debug("environment %s version %d loaded from %s", env.name, env.version, doc.source)
     return env
