@@ -1,0 +1,157 @@
+"""The daemon configuration ``up`` writes into ``DIR/conf``: the testbed as a real cluster.
+
+Same structure as the project's ``conf/`` (deploy.conf, clusters/testbed.conf, nodes.conf);
+power commands are plain ipmitool calls against each node's BMC and ssh with the deploy key.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kadeploy_testbed.layout import (
+    BMC_PORT,
+    BMC_USER,
+    DEPLOY_PARTITION,
+    NODE_DISK_DIR,
+    PROD_PARTITION,
+    SSH_PORT,
+    SWAP_PARTITION,
+    Layout,
+    NodeSpec,
+)
+
+logger = logging.getLogger(__name__)
+
+CLUSTER = "testbed"
+
+
+def _ipmitool(*command: str) -> list[str]:
+    return [
+        "ipmitool", "-I", "lanplus", "-H", "{bmc}", "-p", str(BMC_PORT), "-U", "{ipmi_user}",
+        "-f", "{ipmi_password_file}", *command,
+    ]  # fmt: skip
+
+
+def deploy_conf(layout: Layout, tftp_host: str, tftp_port: int) -> dict[str, Any]:
+    return {
+        "daemon": {
+            "state_dir": str(layout.daemon_state),
+            "tftp": {"listen": tftp_host, "port": tftp_port, "root": str(layout.tftp_root)},
+        },
+        "ssh": {"user": "root", "port": SSH_PORT, "identity_file": str(layout.deploy_key)},
+        "vars": {"ipmi_user": BMC_USER, "ipmi_password_file": str(layout.ipmi_password)},
+        "power": {
+            "command_timeout": 30,
+            "reboot_soft": [
+                "ssh",
+                "-i",
+                "{ssh_key}",
+                "-p",
+                "{ssh_port}",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=10",
+                "{ssh_user}@{address}",
+                "reboot",
+            ],
+            "reboot_hard": _ipmitool("chassis", "power", "cycle"),
+            "reboot_very_hard": _ipmitool("chassis", "power", "reset"),
+            "power_on": _ipmitool("chassis", "power", "on"),
+            "power_off": _ipmitool("chassis", "power", "off"),
+            "power_status": _ipmitool("chassis", "power", "status"),
+        },
+        "boot": {
+            "deploy_kernel": "kernels/deploy-vmlinuz",
+            "deploy_initrd": "kernels/deploy-initrd.img",
+            "deploy_kernel_params": "console=ttyS0 quiet",
+            "prod_boot": "chain",
+            "check_interval": 1,
+        },
+        # Emulated nodes boot in about a second: tighter timeouts than on hardware.
+        "automata": {
+            "macrosteps": {
+                "SetDeploymentEnv": [{"type": "untrusted", "retries": 2, "timeout": 120}],
+                "BroadcastEnv": [{"type": "direct", "retries": 2, "timeout": "120 + 10 * n"}],
+                "BootNewEnv": [
+                    {"type": "classical", "retries": 1, "timeout": 120},
+                    {"type": "hard_reboot", "retries": 1, "timeout": 120},
+                ],
+            }
+        },
+    }
+
+
+def cluster_conf() -> dict[str, Any]:
+    return {
+        "disk": {
+            "block_device": f"{NODE_DISK_DIR}/sda",
+            "partition_device": "{block_device}{partition}",
+            "deploy_partition": DEPLOY_PARTITION,
+            "prod_partition": PROD_PARTITION,
+            "swap_partition": SWAP_PARTITION,
+            "filesystem": "ext4",
+        }
+    }
+
+
+def nodes_conf(nodes: list[NodeSpec]) -> dict[str, Any]:
+    """One range entry for nodes 1..9 (their MAC's last byte reads the same in hex and
+    decimal) and one entry per node after that (ranges are decimal, MACs are hex)."""
+    entries: dict[str, Any] = {}
+    low = [n for n in nodes if n.index <= 9]
+    if len(low) > 1:
+        first, last = low[0].index, low[-1].index
+        prefix, first_octet = low[0].address.rsplit(".", 1)
+        last_octet = low[-1].address.rsplit(".", 1)[1]
+        entries[f"node-[{first}-{last}]"] = {
+            "cluster": CLUSTER,
+            "address": f"{prefix}.[{first_octet}-{last_octet}]",
+            "mac": f"02:00:00:00:02:[0{first}-0{last}]",
+            "bmc": f"127.0.3.[{first}-{last}]",
+        }
+        rest = [n for n in nodes if n.index > 9]
+    else:
+        rest = nodes
+    for node in rest:
+        entries[node.name] = {
+            "cluster": CLUSTER,
+            "address": node.address,
+            "mac": node.mac,
+            "bmc": node.bmc,
+        }
+    return entries
+
+
+def _dump(path: Path, header: str, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+    path.write_text(header + text, encoding="utf-8")
+
+
+def write_conf(layout: Layout, nodes: list[NodeSpec], tftp_host: str, tftp_port: int) -> None:
+    """Write ``DIR/conf`` for a daemon driving this testbed."""
+    conf = layout.conf_dir
+    _dump(
+        conf / "deploy.conf",
+        "# Written by kadeploy-testbed up: a daemon configuration for this testbed.\n",
+        deploy_conf(layout, tftp_host, tftp_port),
+    )
+    _dump(
+        conf / "clusters" / f"{CLUSTER}.conf",
+        "# Cluster of emulated nodes: disks are loop devices seen at /dev/testbed/sda*.\n",
+        cluster_conf(),
+    )
+    _dump(
+        conf / "nodes.conf",
+        "# The testbed's nodes: address, MAC and BMC of each.\n",
+        nodes_conf(nodes),
+    )
