@@ -131,7 +131,7 @@ def write_power_script(layout: Layout) -> None:
 
 
 def ensure_host_key(path: Path, *, regenerate: bool) -> None:
-    """An ed25519 host key at ``path``; a new one when ``regenerate`` (deploy envs)."""
+    """An ed25519 host key at ``path``; a new one when ``regenerate``."""
     if regenerate or not path.exists():
         for old in (path, path.with_name(path.name + ".pub")):
             old.unlink(missing_ok=True)
@@ -162,9 +162,11 @@ def write_boot_files(layout: Layout, node: NodeSpec, boot: BootSpec, disk: dict[
     node_dir = layout.node_dir(node.name)
     boot_dir = node_dir / "boot"
     boot_dir.mkdir(parents=True, exist_ok=True)
-    key_name = "host_key_deploy" if boot.env == "deploy" else "host_key"
-    host_key = node_dir / key_name
-    ensure_host_key(host_key, regenerate=boot.env == "deploy")
+    # Each env has its own host key, as on a real node: the prod env keeps its key across
+    # boots; the deploy env (a ramdisk) and a deployed env booting an image without host keys
+    # make a new one at every boot.
+    host_key = node_dir / f"host_key_{boot.env}"
+    ensure_host_key(host_key, regenerate=boot.env != "prod")
     (boot_dir / "sshd_config").write_text(sshd_config(boot, node, node_dir), encoding="utf-8")
     (boot_dir / "cmdline").write_text(boot.cmdline + "\n", encoding="utf-8")
     (boot_dir / "os-release").write_text(os_release(boot.env, node), encoding="utf-8")

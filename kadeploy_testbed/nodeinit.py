@@ -29,10 +29,10 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 EXIT_REBOOT = 100
@@ -108,11 +108,11 @@ def _prepare(spec: dict[str, Any]) -> None:
     shutil.copyfile(spec["power_script"], power)
     os.chmod(power, 0o755)  # noqa: S103 - a program every user of the node may run
 
+    # Real block-device nodes, as udev makes them: a bind mount of the host's /dev/loopN would
+    # make /dev/testbed/sdaN a mount point, which `umount /dev/testbed/sda3` would remove.
     _mount("-t", "tmpfs", "-o", "mode=0755,size=1m", "kdtb-disk", DISK_DIR)
     for dev, source in spec["disk"].items():
-        target = os.path.join(DISK_DIR, dev)
-        Path(target).touch(mode=0o660)
-        _bind_file(source, target)
+        os.mknod(os.path.join(DISK_DIR, dev), stat.S_IFBLK | 0o660, os.stat(source).st_rdev)
 
     _bind_file(os.path.join(RUN_DIR, "cmdline"), "/proc/cmdline")
     _bind_file(os.path.join(RUN_DIR, "os-release"), os.path.realpath("/etc/os-release"))

@@ -66,7 +66,14 @@ def _reboot(ctx: StepContext, level: RebootLevel) -> None:
     ctx.memory["host_key_before_reboot"] = ctx.services.host_key() or ""
     ctx.services.reset_shell()
     ctx.log("info", f"{level} reboot")
-    ctx.services.reboot(level, ctx.cancelled)
+    try:
+        ctx.services.reboot(level, ctx.cancelled)
+    except StepFailed as exc:
+        if level != RebootLevel.SOFT:
+            raise
+        # `ssh node reboot` usually loses its session as the node goes down and exits non-zero:
+        # whether the soft reboot worked is for the wait that follows to tell.
+        ctx.log("info", f"{exc}; waiting for the node anyway")
 
 
 def wait_deploy_env(ctx: StepContext) -> None:
@@ -121,7 +128,7 @@ def format_deploy_partition(ctx: StepContext) -> None:
     filesystem = str(environment.filesystem or ctx.node.settings.disk.filesystem)
     force = "-f" if filesystem == "xfs" else "-F"
     device = shlex.quote(ctx.deploy_device)
-    ctx.run(f"umount {device} 2>/dev/null; mkfs.{filesystem} -q {force} {device}", what="mkfs")
+    ctx.run(f"umount {_MNT} 2>/dev/null; mkfs.{filesystem} -q {force} {device}", what="mkfs")
 
 
 # ---------------------------------------------------------------- BroadcastEnv
