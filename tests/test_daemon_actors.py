@@ -29,8 +29,9 @@ from kadeployd.environment import load_environment
 __all__ = ["stop_all_actors"]
 pytestmark = pytest.mark.usefixtures("stop_all_actors")
 
+# No soft reboot: its failure only means waiting for the node; a BMC command's failure is final.
 UNTRUSTED_REBOOT = """\
-power: {{reboot_soft: {command}, reboot_hard: {command}, reboot_very_hard: {command}}}
+power: {{reboot_soft: null, reboot_hard: {command}, reboot_very_hard: {command}}}
 automata:
   macrosteps:
     SetDeploymentEnv: [{{type: untrusted, retries: {retries}, timeout: 60}}]

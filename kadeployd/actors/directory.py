@@ -69,12 +69,16 @@ def call(
 
 
 def tell(
-    directory: Directory, name: str, method: Callable[[pykka.ActorProxy[Any]], object]
+    directory: Directory,
+    name: str,
+    method: Callable[[pykka.ActorProxy[Any]], object],
+    wait: float = 5.0,
 ) -> None:
-    """Fire-and-forget on the current incarnation; a dead one is looked up again once."""
+    """Fire-and-forget on the current incarnation; a dead one is looked up again once, waiting
+    at most ``wait`` seconds for its restart."""
     for _attempt in (1, 2):
         try:
-            method(directory.child(name, 5.0).proxy())
+            method(directory.child(name, wait).proxy())
             return
         except pykka.ActorDeadError:
             continue

@@ -22,7 +22,12 @@ from kadeployd.pxe.profiles import BootTarget
 from kadeployd.reboot.jobs import RebootResult
 from kadeployd.reboot.levels import RebootLevel
 from kadeployd.workflow.cancel import CancelToken
-from kadeployd.workflow.context import ProbeView, StepCancelled, StepFailed
+from kadeployd.workflow.context import (
+    ProbeView,
+    SoftRebootUnconfirmed,
+    StepCancelled,
+    StepFailed,
+)
 from kadeployd.workflow.job import DeploymentJob
 
 logger = logging.getLogger(__name__)
@@ -85,9 +90,11 @@ class NodeServicesImpl:
             if cancelled.is_set():
                 raise StepCancelled(cancelled.reason)
             if result is not None and not result.stopped:
-                if not result.ok:
-                    raise StepFailed(f"{level} reboot failed: {result.message}")
-                return
+                if result.ok:
+                    return
+                if result.operation == RebootLevel.SOFT:
+                    raise SoftRebootUnconfirmed(f"soft reboot: {result.message}")
+                raise StepFailed(f"{result.operation} reboot failed: {result.message}")
             logger.info("%s: reboot service restarted, asking again", self._node.name)
         raise StepFailed(f"{level} reboot: the reboot service keeps restarting")
 

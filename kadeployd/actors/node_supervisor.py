@@ -7,7 +7,9 @@ finds them again in Pykka's registry (state rebuilt, not remembered).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -117,18 +119,25 @@ class NodeSupervisor(SupervisedActor):
         self._outcomes[outcome.deployment_id] = outcome
 
     def on_stop(self) -> None:
-        """Orderly shutdown: running deployments are aborted and their managers stopped."""
-        for ref in list(self._managers.values()):
-            try:
-                ref.proxy().cancel("daemon stopping").get(timeout=STOP_TIMEOUT)
-                ref.stop(timeout=STOP_TIMEOUT)
-            except (pykka.ActorDeadError, pykka.Timeout):
-                continue
+        """Shutdown: running deployments are cancelled; each manager ends once its nodes have
+        recorded their final state (bounded wait), and is stopped if it does not."""
+        managers = list(self._managers.values())
+        for ref in managers:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.proxy().cancel("daemon stopping")
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for ref in managers:
+            if not ref.actor_stopped.wait(max(0.0, deadline - time.monotonic())):
+                logger.error("deployment manager %s did not end in time: stopping it", ref)
+                ref.stop(block=False)
         super().on_stop()
 
 
 def _report_to_node_supervisor(services: Directory) -> Callable[[DeploymentOutcome], None]:
     def report(outcome: DeploymentOutcome) -> None:
-        directory.tell(services, directory.NODES, lambda nodes: nodes.deployment_finished(outcome))
+        # Never wait for a NodeSupervisor that is itself stopping and waiting for us.
+        directory.tell(
+            services, directory.NODES, lambda nodes: nodes.deployment_finished(outcome), wait=0.0
+        )
 
     return report

@@ -240,6 +240,8 @@ def _node_entry(
             bad(f"expected a MAC address such as 02:00:00:00:02:01; got {mac!r}", "mac")
     if any(len(values.get(f, [])) != len(names) for f in PER_NODE_KEYS):
         return None
+    if values["address"][0] is None or values["mac"][0] is None:
+        return None  # reported above as missing
     if cluster is None:
         return None
     overrides = _without(raw, IDENTITY_KEYS)

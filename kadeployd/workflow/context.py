@@ -28,6 +28,10 @@ class StepFailed(KadeployError):
     """An expected failure of a microstep (node unreachable, command failed): retried."""
 
 
+class SoftRebootUnconfirmed(StepFailed):
+    """``ssh node reboot`` ended in error, which it usually does as the node goes down."""
+
+
 class StepCancelled(KadeployError):
     """The step was interrupted by an abort or by the variant's timeout."""
 

@@ -12,7 +12,7 @@ import shlex
 from kadeployd.environment import Compression, ImageKind, ScriptArchive
 from kadeployd.pxe.profiles import ChainPartition, DeployKernel, NetworkKernel
 from kadeployd.reboot.levels import RebootLevel, escalate
-from kadeployd.workflow.context import StepContext, StepFailed
+from kadeployd.workflow.context import SoftRebootUnconfirmed, StepContext, StepFailed
 from kadeployd.workflow.job import MOUNT_POINT
 from kadeployd.workflow.states import NodeState
 
@@ -68,11 +68,8 @@ def _reboot(ctx: StepContext, level: RebootLevel) -> None:
     ctx.log("info", f"{level} reboot")
     try:
         ctx.services.reboot(level, ctx.cancelled)
-    except StepFailed as exc:
-        if level != RebootLevel.SOFT:
-            raise
-        # `ssh node reboot` usually loses its session as the node goes down and exits non-zero:
-        # whether the soft reboot worked is for the wait that follows to tell.
+    except SoftRebootUnconfirmed as exc:
+        # Whether the soft reboot worked is for the wait that follows to tell.
         ctx.log("info", f"{exc}; waiting for the node anyway")
 
 
