@@ -16,6 +16,8 @@ database), so a bad start-up fails at once with a clear message and exit status 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from kadeployd.actors.config_actor import ConfigActor
 from kadeployd.actors.directory import CONFIG, NODES, PXE, REBOOT, STORE
 from kadeployd.actors.node_supervisor import NodeSupervisor
 from kadeployd.config import Config, load_config
+from kadeployd.errors import KadeployError
 from kadeployd.pxe.actor import PxeActor
 from kadeployd.reboot.actor import RebootActor
 from kadeployd.store.actor import StoreActor
@@ -38,6 +41,9 @@ from kadeployd.workflow.job import DeploymentRequest
 logger = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 30.0
+ABORT_TIMEOUT = 30.0
+"""Seconds running deployments get to record their nodes aborted when the daemon stops."""
+STOPPING = "daemon stopping"
 
 
 class _Tree:
@@ -130,6 +136,23 @@ class Daemon:
         )
         return cancelled
 
+    def reload(self) -> Config:
+        """Re-read the configuration (SIGHUP); running deployments keep the one they started
+        with, new ones get the new one. Raises ConfigError and keeps the old one on error."""
+        config: Config = directory.call(self._tree, CONFIG, lambda c: c.reload())
+        old, new = self.config.daemon, config.daemon
+        for key in ("state_dir", "api", "tftp", "reboot_window", "reboot_window_sleep"):
+            if getattr(old, key) != getattr(new, key):
+                logger.warning("daemon.%s changed: it takes effect at the next restart", key)
+        self.config = config
+        return config
+
+    def store_call(
+        self, method: Callable[[pykka.ActorProxy[Any]], pykka.Future[Any]], timeout: float = 10.0
+    ) -> Any:
+        """Ask the StoreActor (the only writer): ``method(proxy)`` answered within ``timeout``."""
+        return directory.call(self._tree, STORE, method, timeout)
+
     def reader(self) -> StoreReader:
         """A read-only view of the store for this thread."""
         return StoreReader(self.database)
@@ -138,9 +161,30 @@ class Daemon:
         """Wait for the tree to end by itself (restart intensity exceeded)."""
         return self.supervisor.wait(timeout)
 
-    def stop(self) -> SupervisorExit:
-        """Orderly shutdown: deployments aborted, actors stopped in reverse order."""
+    def stop(self, abort_timeout: float = ABORT_TIMEOUT) -> SupervisorExit:
+        """Orderly shutdown: running deployments are aborted and recorded as such (bounded
+        wait), then the actors stop in reverse order."""
+        reader = self.reader()
+        try:
+            running = reader.running()
+            for deployment_id in running:
+                try:
+                    self.cancel(deployment_id, STOPPING)
+                except KadeployError as exc:
+                    logger.error("cannot cancel %s: %s", deployment_id, exc)
+            deadline = time.monotonic() + abort_timeout
+            while running and time.monotonic() < deadline:
+                time.sleep(0.1)  # the main thread polls the store; no actor waits here
+                running = reader.running()
+        finally:
+            reader.close()
         outcome = self.supervisor.stop()
+        with Store.open(self.database) as store:
+            left = store.mark_interrupted(STOPPING)
+        if left:
+            logger.error(
+                "deployments not finished in %ss, recorded aborted: %s", abort_timeout, left
+            )
         for ref in pykka.ActorRegistry.get_all():
             logger.error("actor still alive after shutdown (a bug): %s", ref)
         return outcome

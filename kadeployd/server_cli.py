@@ -1,6 +1,8 @@
 """`kadeploy-server`: run and inspect the daemon.
 
-``check-config`` is implemented; start/stop/status/reload arrive with the server issue.
+``check-config``, ``start [--foreground]``, ``stop``, ``status``, ``reload``, and ``token
+add|remove|list`` (the users' API tokens). Process management lives in
+:mod:`kadeployd.process`.
 """
 
 from __future__ import annotations
@@ -8,15 +10,17 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
-from kadeployd import __version__
-from kadeployd.config import Config, load_config
-from kadeployd.errors import ConfigError
+from kadeployd import __version__, process
+from kadeployd.api import TokenStore, tokenfile
+from kadeployd.config import Config, DaemonSettings, load_config
+from kadeployd.errors import ConfigError, KadeployError
 from kadeployd.suggest import did_you_mean
 
 _SECRET = re.compile(r"(password|secret|token)(?!.*_file$)", re.IGNORECASE)
@@ -98,17 +102,132 @@ def _origin(origins: Mapping[str, str], key: str) -> str:
     return origins.get(key, "default")
 
 
-def _not_implemented(name: str, summary: str) -> None:
-    @main.command(name, help=f"{summary} (not implemented yet: arrives with the server issue)")
-    @conf_option
-    def command(conf_dir: Path) -> None:
-        raise click.ClickException(f"kadeploy-server {name} is not implemented yet")
+@main.command("start")
+@conf_option
+@click.option(
+    "--foreground",
+    is_flag=True,
+    help="Run in this process, logging to stderr (for systemd); default: detach.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=process.START_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the API to answer.",
+)
+def start(conf_dir: Path, foreground: bool, timeout: float) -> None:
+    """Start the daemon: check the configuration, detach, return once the API answers."""
+    config = load_or_exit(conf_dir)
+    if foreground:
+        sys.exit(process.run_foreground(conf_dir, config, _echo_err))
+    sys.exit(process.start_background(conf_dir, config.daemon, click.echo, timeout))
 
 
-for _name, _summary in (
-    ("start", "Start the daemon"),
-    ("stop", "Stop the daemon, aborting running deployments"),
-    ("status", "Say whether the daemon runs"),
-    ("reload", "Re-read the configuration"),
-):
-    _not_implemented(_name, _summary)
+@main.command("stop")
+@conf_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=process.STOP_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the orderly shutdown.",
+)
+def stop(conf_dir: Path, timeout: float) -> None:
+    """Stop the daemon, aborting running deployments (recorded as aborted)."""
+    settings = settings_or_exit(conf_dir)
+    sys.exit(_guard(lambda: process.stop(settings, click.echo, timeout)))
+
+
+@main.command("status")
+@conf_option
+def status(conf_dir: Path) -> None:
+    """Say whether the daemon runs: version, uptime, deployments in flight (exit 3: stopped)."""
+    settings = settings_or_exit(conf_dir)
+    sys.exit(_guard(lambda: process.status(settings, click.echo)))
+
+
+@main.command("reload")
+@conf_option
+def reload(conf_dir: Path) -> None:
+    """Re-read the configuration without dropping running deployments (as SIGHUP does)."""
+    config = load_or_exit(conf_dir)
+    sys.exit(_guard(lambda: process.reload(config.daemon, click.echo)))
+
+
+@main.group("token")
+def token() -> None:
+    """Manage the users' API tokens."""
+
+
+@token.command("add")
+@conf_option
+@click.argument("user")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the token (default: ~USER/.kadeploy/token).",
+)
+def token_add(conf_dir: Path, user: str, output: Path | None) -> None:
+    """Make a new token for USER (replacing theirs) and write it to a file only USER reads."""
+    config = load_or_exit(conf_dir)
+    try:
+        owner = tokenfile.account(user)
+        secret = TokenStore(config.daemon.state_dir).add(user)
+        written = tokenfile.write_token_file(owner, secret, output)
+    except KadeployError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"token of {user} written to {written}")
+
+
+@token.command("remove")
+@conf_option
+@click.argument("user")
+def token_remove(conf_dir: Path, user: str) -> None:
+    """Revoke USER's token."""
+    config = load_or_exit(conf_dir)
+    try:
+        removed = TokenStore(config.daemon.state_dir).remove(user)
+    except KadeployError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not removed:
+        raise click.ClickException(f"{user} has no token")
+    click.echo(f"token of {user} revoked")
+
+
+@token.command("list")
+@conf_option
+def token_list(conf_dir: Path) -> None:
+    """The users who have a token."""
+    config = load_or_exit(conf_dir)
+    try:
+        users = TokenStore(config.daemon.state_dir).users()
+    except KadeployError as exc:
+        raise click.ClickException(str(exc)) from None
+    for user, created in sorted(users.items()):
+        made = time.strftime("%Y-%m-%d %H:%M", time.localtime(created))
+        click.echo(f"{user}\t{made}")
+
+
+def settings_or_exit(conf_dir: Path) -> DaemonSettings:
+    """The daemon section (even if the rest of the configuration is broken), or exit 1."""
+    try:
+        return process.daemon_settings(conf_dir)
+    except ConfigError:
+        load_or_exit(conf_dir)  # prints every problem and exits
+        raise
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _guard(action: Callable[[], int]) -> int:
+    try:
+        return action()
+    except KadeployError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()

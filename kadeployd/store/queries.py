@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kadeployd.store.catalogue import CatalogueReads
 from kadeployd.store.errors import InvalidRecord, StoreError, UnknownDeployment, UnknownNode
 from kadeployd.store.records import (
     DeploymentStatus,
@@ -24,6 +25,8 @@ from kadeployd.store.records import (
     LogStream,
     NodeView,
 )
+from kadeployd.store.rights import RightsReads
+from kadeployd.store.usage import UsageReads
 from kadeployd.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ LIMIT :limit
 """
 
 
-class StoreQueries:
+class StoreQueries(CatalogueReads, RightsReads, UsageReads):
     """Read methods over one SQLite connection; subclasses decide how it is opened."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection | None) -> None:

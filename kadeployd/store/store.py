@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from kadeployd.store.catalogue import CatalogueWrites
 from kadeployd.store.connection import open_writer
 from kadeployd.store.errors import InvalidRecord, StoreError, UnknownDeployment
 from kadeployd.store.queries import StoreQueries, _check_node, _status, _unknown_node
@@ -30,6 +31,7 @@ from kadeployd.store.records import (
     DeploymentStatus,
     LogStream,
 )
+from kadeployd.store.rights import RightsWrites
 from kadeployd.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ INTERRUPTED = "daemon restarted"
 """Default reason given by :meth:`Store.mark_interrupted`."""
 
 
-class Store(StoreQueries):
+class Store(StoreQueries, CatalogueWrites, RightsWrites):
     """Reads and writes of the deployment database, over one connection bound to one thread.
 
     Use :meth:`open` (or :class:`~kadeployd.store.actor.StoreActor`, which owns one in its

@@ -1,0 +1,177 @@
+"""Environments as the API handles them: built from uploads, checked so that a user's
+description only names files the user uploaded, found in the catalogue with visibility rules.
+
+Visibility (Kadeploy3's): *private* is seen by its owner only, *shared* by everyone who names
+the owner, *public* by everyone and listed by default. Administrators see everything and are
+the only ones who may make an environment public. An administrator's description may also
+name files on the server by absolute path; a user's may not (the daemon would read them with
+its own rights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import yaml
+
+from kadeployd.api.auth import Caller
+from kadeployd.api.context import ApiContext
+from kadeployd.api.errors import ApiError
+from kadeployd.api.models import EnvironmentRef
+from kadeployd.api.uploads import UploadError, UploadInfo
+from kadeployd.environment import EnvironmentDescription, parse_environment
+from kadeployd.errors import Problem
+from kadeployd.store.catalogue import EnvironmentRecord, UnknownEnvironment
+from kadeployd.suggest import did_you_mean
+
+logger = logging.getLogger(__name__)
+
+
+def visible(record: EnvironmentRecord, caller: Caller, owner_named: bool) -> bool:
+    """Whether ``caller`` may see (and deploy) ``record``."""
+    if caller.admin or record.owner == caller.user or record.visibility == "public":
+        return True
+    return record.visibility == "shared" and owner_named
+
+
+def files_of(env: EnvironmentDescription) -> list[tuple[str, Path]]:
+    """Every file an environment names, with its key path."""
+    found = [("image.file", env.image.file)]
+    if env.preinstall is not None:
+        found.append(("preinstall.archive", env.preinstall.archive))
+    found.extend((f"postinstalls[{i}].archive", p.archive) for i, p in enumerate(env.postinstalls))
+    return found
+
+
+def take_uploads(
+    context: ApiContext, caller: Caller, files: Mapping[str, str], directory: Path
+) -> list[tuple[UploadInfo, Path]]:
+    """Move the uploads named in ``files`` (name -> upload id) into ``directory``; what was
+    taken, for :func:`give_back` if the request fails later."""
+    problems = []
+    for name, upload_id in files.items():
+        try:
+            context.uploads.get(upload_id, caller.user)
+        except UploadError as exc:
+            problems.append(Problem("request", str(exc), f"files.{name}"))
+    if problems:
+        raise ApiError(404, "unknown_upload", problems[0].message, problems)
+    return [
+        (context.uploads.take(upload_id, caller.user, directory / name), directory / name)
+        for name, upload_id in files.items()
+    ]
+
+
+def give_back(context: ApiContext, taken: list[tuple[UploadInfo, Path]]) -> None:
+    """Return taken uploads to the user (a failed request must not eat a big upload)."""
+    for info, path in taken:
+        with contextlib.suppress(OSError):
+            context.uploads.restore(info, path)
+
+
+def parse_in(directory: Path, text: str, source: str, caller: Caller) -> EnvironmentDescription:
+    """Validate a description whose relative files are in ``directory``; a non-administrator's
+    description may name no file outside it."""
+    env = parse_environment(text, source, directory)
+    if not caller.admin:
+        root = directory.resolve()
+        outside = [
+            Problem(
+                source,
+                f"{path.name!r} is not among the uploaded files; upload it and name it "
+                f"relatively (only administrators may name files on the server)",
+                key,
+            )
+            for key, path in files_of(env)
+            if not path.resolve().is_relative_to(root)
+        ]
+        if outside:
+            raise ApiError(422, "invalid_environment", outside[0].message, outside)
+    return env
+
+
+def new_directory(parent: Path) -> Path:
+    """A fresh private directory under ``parent``."""
+    directory = parent / uuid.uuid4().hex
+    directory.mkdir(mode=0o700, parents=True)
+    return directory
+
+
+def remove_directory(directory: Path) -> None:
+    """Remove a directory of environment files, quietly."""
+    with contextlib.suppress(OSError):
+        shutil.rmtree(directory)
+
+
+def description_of(context: ApiContext, record: EnvironmentRecord) -> EnvironmentDescription:
+    """The registered environment as a validated description (its files must still exist)."""
+    text = yaml.safe_dump(dict(record.description), sort_keys=False)
+    source = f"environment {record.name} version {record.version} of {record.owner}"
+    directory = context.environment_dir(record.owner, record.name, record.version)
+    return parse_environment(text, source, directory)
+
+
+def resolve(context: ApiContext, caller: Caller, ref: EnvironmentRef) -> EnvironmentRecord:
+    """The environment ``ref`` names, as ``caller`` may see it; 404 or 409 (ambiguous)."""
+    reader = context.reader
+    if ref.user is not None:
+        try:
+            record = reader.environment(ref.user, ref.name, ref.version)
+        except UnknownEnvironment as exc:
+            raise _unknown(context, caller, ref, str(exc)) from None
+        if not visible(record, caller, owner_named=True):
+            raise _unknown(context, caller, ref, str(UnknownEnvironment(*_key(ref))))
+        return record
+    own = reader.environments(name=ref.name, owner=caller.user, version=ref.version)
+    if own:
+        return own[0]
+    public = [
+        r
+        for r in reader.environments(name=ref.name, version=ref.version)
+        if r.visibility == "public"
+    ]
+    owners = sorted({r.owner for r in public})
+    if not owners:
+        message = f"no environment {ref.name!r}" + (
+            f" version {ref.version}" if ref.version is not None else ""
+        )
+        raise _unknown(context, caller, ref, message + " of yours or public")
+    if len(owners) > 1:
+        raise ApiError(
+            409,
+            "ambiguous_environment",
+            f"several public environments are named {ref.name!r} (owners: "
+            f"{', '.join(owners)}); name the owner (user)",
+        )
+    return public[0]
+
+
+def _key(ref: EnvironmentRef) -> tuple[str, str, int | None]:
+    return (ref.user or "", ref.name, ref.version)
+
+
+def _unknown(context: ApiContext, caller: Caller, ref: EnvironmentRef, message: str) -> ApiError:
+    names = {
+        r.name
+        for r in context.reader.environments()
+        if visible(r, caller, owner_named=ref.user is not None and r.owner == ref.user)
+    }
+    hint = did_you_mean(ref.name, names) if ref.name not in names else ""
+    return ApiError(404, "unknown_environment", message + hint)
+
+
+def latest_only(records: Iterable[EnvironmentRecord]) -> list[EnvironmentRecord]:
+    """The newest version of each (owner, name); records come newest first per key."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for record in records:
+        key = (record.owner, record.name)
+        if key not in seen:
+            seen.add(key)
+            kept.append(record)
+    return kept

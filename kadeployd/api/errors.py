@@ -1,0 +1,208 @@
+"""Every API error is one JSON shape, with a stable code, a readable message and the problems.
+
+::
+
+    {"error": {"code": "unknown_environment",
+               "message": "no environment 'debian' owned by 'alice'",
+               "details": [{"source": "request", "path": "environment.name",
+                            "line": null, "message": "..."}]}}
+
+Routes raise :class:`ApiError`; the handlers installed by :func:`install_error_handlers` turn
+it, request validation errors, HTTP errors of the router (404, 405), the daemon's own errors
+and anything unexpected into that shape. An unexpected exception is logged with its traceback
+and answered ``500 internal_error`` without one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pykka
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kadeployd.actors.directory import ServiceUnavailable
+from kadeployd.actors.node_supervisor import DeploymentRefused
+from kadeployd.errors import InputError, KadeployError, Problem
+from kadeployd.store.catalogue import EnvironmentExists, UnknownEnvironment
+from kadeployd.store.errors import InvalidRecord, StoreError, UnknownDeployment, UnknownNode
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "request"
+"""The ``source`` of problems found in a request body or its parameters."""
+
+
+class ApiError(Exception):
+    """An error answered to the client as is."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Iterable[Problem] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = tuple(details)
+        self.headers = headers
+
+
+def problem_json(problem: Problem) -> dict[str, Any]:
+    """A Problem as a JSON object."""
+    return {
+        "source": problem.source,
+        "path": problem.path,
+        "line": problem.line,
+        "message": problem.message,
+    }
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Sequence[Problem] = (),
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The JSON error body with ``status``."""
+    body = {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": [problem_json(p) for p in details],
+        }
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _location(loc: Sequence[int | str]) -> str:
+    parts = [str(p) for p in loc]
+    text = parts[0] if parts else ""
+    for part in parts[1:]:
+        text += f"[{part}]" if part.isdigit() else f".{part}"
+    return text
+
+
+def _validation_message(error: dict[str, Any]) -> str:
+    kind = error.get("type", "")
+    if kind == "json_invalid":
+        ctx = error.get("ctx") or {}
+        return f"the body is not valid JSON: {ctx.get('error', 'syntax error')}"
+    if kind == "missing":
+        return "required field missing"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    message = str(error.get("msg", "invalid value"))
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    got = error.get("input")
+    if kind not in ("missing", "model_attributes_type") and isinstance(got, str | int | float):
+        shown = repr(got) if not isinstance(got, str) or len(got) < 80 else repr(got[:77] + "...")
+        message += f"; got {shown}"
+    return message
+
+
+def validation_problems(exc: RequestValidationError) -> list[Problem]:
+    """One Problem per field error, located like ``body.nodes[2]`` or ``query.limit``."""
+    return [
+        Problem(SOURCE, _validation_message(dict(error)), _location(error.get("loc", ())))
+        for error in exc.errors()
+    ]
+
+
+def _store_error(exc: StoreError) -> JSONResponse:
+    if isinstance(exc, UnknownDeployment):
+        return error_response(404, "unknown_deployment", str(exc))
+    if isinstance(exc, UnknownNode):
+        return error_response(404, "unknown_node", str(exc))
+    if isinstance(exc, UnknownEnvironment):
+        return error_response(404, "unknown_environment", str(exc))
+    if isinstance(exc, EnvironmentExists):
+        return error_response(409, "environment_exists", str(exc))
+    if isinstance(exc, InvalidRecord):
+        return error_response(422, "invalid_request", str(exc))
+    logger.error("store error: %s", exc)
+    return error_response(503, "store_unavailable", f"the deployment database failed: {exc}")
+
+
+def _from_exception(exc: BaseException) -> JSONResponse:
+    """The response for any exception a route let through."""
+    match exc:
+        case ApiError():
+            return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+        case RequestValidationError():
+            problems = validation_problems(exc)
+            summary = "; ".join(f"{p.path}: {p.message}" for p in problems[:3])
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            return error_response(
+                422, "invalid_request", f"invalid request: {summary}{more}", problems
+            )
+        case StarletteHTTPException():
+            code = _HTTP_CODES.get(exc.status_code, "http_error")
+            headers = dict(exc.headers) if exc.headers else None
+            return error_response(exc.status_code, code, str(exc.detail), (), headers)
+        case DeploymentRefused():
+            return error_response(422, "deployment_refused", str(exc), exc.problems)
+        case InputError():
+            return error_response(422, "invalid_input", str(exc), exc.problems)
+        case StoreError():
+            return _store_error(exc)
+        case ServiceUnavailable() | pykka.Timeout() | pykka.ActorDeadError():
+            logger.error("daemon service unavailable: %s", exc)
+            return error_response(503, "service_unavailable", f"the daemon did not answer: {exc}")
+        case KadeployError():
+            return error_response(422, "refused", str(exc))
+        case _:
+            logger.error("internal error answering a request", exc_info=exc)
+            return error_response(
+                500, "internal_error", "internal error; the daemon's log has the details"
+            )
+
+
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    return _from_exception(exc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error of ``app`` with the JSON error shape."""
+    for kind in (
+        ApiError,
+        RequestValidationError,
+        StarletteHTTPException,
+        KadeployError,
+        pykka.Timeout,
+        pykka.ActorDeadError,
+        Exception,
+    ):
+        app.add_exception_handler(kind, _handle)
+
+
+def not_found(code: str, message: str, hint: str = "") -> ApiError:
+    """A 404 with a stable code."""
+    return ApiError(404, code, message + hint)
+
+
+def forbidden(message: str, code: str = "forbidden") -> ApiError:
+    """A 403."""
+    return ApiError(403, code, message)

@@ -1,0 +1,304 @@
+"""The JSON documents of the API: request bodies (strict: unknown fields are errors) and
+responses. They are the OpenAPI schema the command-line tools are written against."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+
+logger = logging.getLogger(__name__)
+
+MAX_DESCRIPTION = 1 << 20
+MAX_KEYS = 64 << 10
+
+NodeName = Annotated[
+    str,
+    Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
+]
+NodeOrAny = Annotated[
+    str, Field(min_length=1, max_length=255, pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]*)$")
+]
+PartitionOrAny = Annotated[str, Field(pattern=r"^(\*|[1-9][0-9]{0,2})$")]
+UserName = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*\$?$")
+]
+EnvName = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+]
+FileName = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_+][A-Za-z0-9._+-]*$")
+]
+UploadId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+Visibility = Literal["private", "shared", "public"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------ requests
+
+
+class EnvironmentRef(_In):
+    """A registered environment: name, version (default: the latest), owner (default: yours,
+    else the public one of that name)."""
+
+    name: EnvName
+    version: Annotated[int, Field(ge=1, le=2**31)] | None = None
+    user: UserName | None = None
+
+
+class EnvironmentFiles(_In):
+    """A description (kaenv YAML text) and the uploads holding the files it names."""
+
+    description: Annotated[str, Field(min_length=1, max_length=MAX_DESCRIPTION)]
+    files: dict[FileName, UploadId] = Field(
+        default_factory=dict,
+        description="file name as written in the description -> upload id",
+        max_length=64,
+    )
+
+
+class DeploymentCreate(_In):
+    """``kadeploy``: deploy an environment on nodes."""
+
+    nodes: Annotated[list[NodeName], Field(min_length=1, max_length=100_000)]
+    environment: EnvironmentRef | None = None
+    anonymous_environment: EnvironmentFiles | None = None
+    authorized_keys: Annotated[str, Field(max_length=MAX_KEYS)] = ""
+    """Public keys (``-k``) as text."""
+    authorized_keys_upload: UploadId | None = None
+    """Or an upload holding them."""
+    min_nodes: Annotated[int, Field(ge=1)] | None = None
+    partition: Annotated[int, Field(ge=1, le=128)] | None = None
+    force: StrictBool = False
+    """Deploy nodes that another running deployment holds."""
+
+    @model_validator(mode="after")
+    def _one_environment(self) -> DeploymentCreate:
+        if (self.environment is None) == (self.anonymous_environment is None):
+            raise ValueError("give exactly one of environment and anonymous_environment")
+        if self.authorized_keys and self.authorized_keys_upload:
+            raise ValueError("give authorized_keys or authorized_keys_upload, not both")
+        return self
+
+
+class CancelRequest(_In):
+    """Why the deployment is cancelled."""
+
+    reason: Annotated[str, Field(max_length=500)] = "cancelled by user"
+
+
+class EnvironmentCreate(EnvironmentFiles):
+    """``kaenv -a``: register an environment; visibility overrides the description's."""
+
+    visibility: Visibility | None = None
+
+
+class VisibilityChange(_In):
+    """``kaenv --set-visibility-tag``."""
+
+    visibility: Visibility
+
+
+class RightsGrant(_In):
+    """``karights -a``: let ``user`` deploy ``nodes`` on ``partitions``."""
+
+    user: UserName
+    nodes: Annotated[list[NodeOrAny], Field(min_length=1, max_length=100_000)]
+    partitions: Annotated[list[PartitionOrAny], Field(min_length=1, max_length=128)] = ["*"]
+
+
+# ------------------------------------------------------------------ responses
+
+
+class ErrorBody(BaseModel):
+    """The error object."""
+
+    code: str
+    message: str
+    details: list[dict[str, Any]]
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer."""
+
+    error: ErrorBody
+
+
+class EnvironmentSummary(BaseModel):
+    """Which environment a deployment or a node runs."""
+
+    name: str
+    version: int | None
+    anonymous: bool
+
+
+class DeploymentOut(BaseModel):
+    """A deployment."""
+
+    id: str
+    user: str
+    environment: EnvironmentSummary
+    node_count: int
+    min_nodes: int | None
+    status: str
+    reason: str
+    created_at: float
+    finished_at: float | None
+    options: dict[str, Any]
+    states: dict[str, int] | None = None
+    """Number of nodes in each state (single deployment reads only)."""
+
+
+class NodeStateOut(BaseModel):
+    """A node's record in a deployment."""
+
+    node: str
+    state: str
+    macrostep: str | None
+    variant: str | None
+    attempt: int
+    step_started_at: float
+    started_at: float | None
+    finished_at: float | None
+    final: bool
+    error_step: str | None
+    error_message: str | None
+    elapsed: float | None
+
+
+class HistoryOut(BaseModel):
+    """A state a node entered."""
+
+    seq: int
+    node: str
+    state: str
+    macrostep: str | None
+    variant: str | None
+    attempt: int
+    message: str
+    at: float
+
+
+class NodeDetailOut(NodeStateOut):
+    """A node's record and its history."""
+
+    history: list[HistoryOut]
+
+
+class LogLineOut(BaseModel):
+    """A piece of a node's log."""
+
+    seq: int
+    node: str
+    at: float
+    stream: str
+    text: str
+
+
+class NodeOut(BaseModel):
+    """``kanodes``: a configured node and what the records say it runs."""
+
+    name: str
+    cluster: str
+    address: str
+    state: str | None
+    """Its state in its latest deployment; None if never deployed."""
+    busy: bool
+    """Whether a running deployment holds it."""
+    deployment_id: str | None
+    owner: str | None
+    """Who deployed it last."""
+    environment: EnvironmentSummary | None
+    """What it runs: the environment of its latest deployment, if that deployed it."""
+    since: float | None
+
+
+class EnvironmentOut(BaseModel):
+    """A registered environment version."""
+
+    name: str
+    version: int
+    owner: str
+    visibility: str
+    created_at: float
+    description: dict[str, Any]
+
+
+class RightOut(BaseModel):
+    """A right."""
+
+    user: str
+    node: str
+    partition: str
+
+
+class RightsChange(BaseModel):
+    """How many rights a grant or revocation changed."""
+
+    changed: int
+
+
+class UploadOut(BaseModel):
+    """A stored upload."""
+
+    id: str
+    name: str
+    size: int
+    sha256: str
+    created_at: float
+
+
+class NodeStatsOut(BaseModel):
+    """``kastat``: a node's outcomes."""
+
+    node: str
+    deployments: int
+    deployed: int
+    failed: int
+    aborted: int
+    retries: int
+    success_rate: float | None
+    mean_duration: float | None
+    last_at: float | None
+
+
+class StateDurationOut(BaseModel):
+    """``kastat``: time spent in a state."""
+
+    state: str
+    entered: int
+    mean: float
+    longest: float
+
+
+class HealthOut(BaseModel):
+    """The server's status (no token needed)."""
+
+    status: str
+    version: str
+    pid: int
+    started_at: float
+    uptime: float
+    deployments_in_flight: int
+    reloads: int
+    reload_failures: int
+    last_reload_error: str | None
+    reloaded_at: float | None
+
+
+class WhoAmI(BaseModel):
+    """The caller, as the token says."""
+
+    user: str
+    admin: bool
+
+
+class ReloadOut(BaseModel):
+    """The outcome of a reload."""
+
+    nodes: int
+    clusters: list[str]

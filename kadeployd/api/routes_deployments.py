@@ -1,0 +1,302 @@
+"""``/v1/deployments``: create (kadeploy), list, read, per-node states and logs, cancel."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Query, Response
+
+from kadeployd.api import environments
+from kadeployd.api.auth import Caller, CallerDep, Context
+from kadeployd.api.context import ApiContext
+from kadeployd.api.convert import deployment_out, history_out, node_state_out
+from kadeployd.api.errors import ApiError
+from kadeployd.api.models import (
+    MAX_KEYS,
+    CancelRequest,
+    DeploymentCreate,
+    DeploymentOut,
+    LogLineOut,
+    NodeDetailOut,
+    NodeStateOut,
+)
+from kadeployd.api.responses import ERRORS
+from kadeployd.api.uploads import UploadError, UploadInfo
+from kadeployd.environment import EnvironmentDescription
+from kadeployd.errors import Problem
+from kadeployd.store.records import DeploymentView
+from kadeployd.suggest import did_you_mean
+from kadeployd.workflow.job import DeploymentRequest
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/deployments", tags=["deployments"], responses=ERRORS)
+
+_KEY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@router.post("", status_code=201, response_model=DeploymentOut)
+def create_deployment(
+    body: DeploymentCreate, context: Context, caller: CallerDep, response: Response
+) -> DeploymentOut:
+    """Deploy an environment (registered, or anonymous from uploads) on nodes."""
+    nodes = _check_nodes(context, body.nodes)
+    keys = _keys(context, caller, body)
+    anonymous_dir: Path | None = None
+    taken: list[tuple[UploadInfo, Path]] = []
+    try:
+        if body.anonymous_environment is not None:
+            anonymous_dir = environments.new_directory(context.anonymous_dir)
+            taken = environments.take_uploads(
+                context, caller, body.anonymous_environment.files, anonymous_dir
+            )
+            env = environments.parse_in(
+                anonymous_dir,
+                body.anonymous_environment.description,
+                "anonymous_environment.description",
+                caller,
+            )
+        else:
+            assert body.environment is not None
+            record = environments.resolve(context, caller, body.environment)
+            env = environments.description_of(context, record)
+        _check_clusters(context, env, nodes)
+        request = DeploymentRequest(
+            user=caller.user,
+            environment=env,
+            nodes=tuple(nodes),
+            authorized_keys=keys,
+            min_nodes=body.min_nodes,
+            deploy_partition=body.partition,
+            anonymous=anonymous_dir is not None,
+        )
+        with context.deploy_lock:
+            _check_rights(context, caller, nodes, body.partition)
+            _check_free(context, nodes, body.force)
+            deployment_id = context.daemon.deploy(request)
+            _sweep_anonymous(context, keep=anonymous_dir)
+    except BaseException:
+        if anonymous_dir is not None:
+            environments.give_back(context, taken)
+            environments.remove_directory(anonymous_dir)
+        raise
+    logger.info("deployment %s of %s created by %s", deployment_id, env.name, caller.user)
+    response.headers["Location"] = f"/v1/deployments/{deployment_id}"
+    view = context.reader.deployment(deployment_id)
+    return deployment_out(view, context.reader.nodes(deployment_id))
+
+
+@router.get("", response_model=list[DeploymentOut])
+def list_deployments(
+    context: Context,
+    caller: CallerDep,
+    status: Literal["running", "succeeded", "failed", "aborted"] | None = None,
+    user: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> list[DeploymentOut]:
+    """Latest deployments first (everyone's, as kastat shows them)."""
+    return [deployment_out(v) for v in context.reader.deployments(status, user, limit)]
+
+
+@router.get("/{deployment_id}", response_model=DeploymentOut)
+def get_deployment(deployment_id: str, context: Context, caller: CallerDep) -> DeploymentOut:
+    """One deployment, with how many nodes are in each state."""
+    view = context.reader.deployment(deployment_id)
+    return deployment_out(view, context.reader.nodes(deployment_id))
+
+
+@router.get("/{deployment_id}/nodes", response_model=list[NodeStateOut])
+def get_nodes(deployment_id: str, context: Context, caller: CallerDep) -> list[NodeStateOut]:
+    """Every node's current record, in deployment order."""
+    return [node_state_out(n) for n in context.reader.nodes(deployment_id)]
+
+
+@router.get("/{deployment_id}/nodes/{node}", response_model=NodeDetailOut)
+def get_node(deployment_id: str, node: str, context: Context, caller: CallerDep) -> NodeDetailOut:
+    """One node's record and the states it went through."""
+    view = node_state_out(context.reader.node(deployment_id, node))
+    history = [history_out(h) for h in context.reader.history(deployment_id, node)]
+    return NodeDetailOut(**view.model_dump(), history=history)
+
+
+@router.get("/{deployment_id}/nodes/{node}/log", response_model=list[LogLineOut])
+def get_node_log(
+    *,
+    deployment_id: str,
+    node: str,
+    context: Context,
+    caller: CallerDep,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> list[LogLineOut]:
+    """A node's log (commands, output, notes); page with ``after`` = the last ``seq`` seen."""
+    _may_read_logs(context, caller, context.reader.deployment(deployment_id))
+    return _log(context, deployment_id, node, after, limit)
+
+
+@router.get("/{deployment_id}/log", response_model=list[LogLineOut])
+def get_log(
+    deployment_id: str,
+    context: Context,
+    caller: CallerDep,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> list[LogLineOut]:
+    """Every node's log, in recording order."""
+    _may_read_logs(context, caller, context.reader.deployment(deployment_id))
+    return _log(context, deployment_id, None, after, limit)
+
+
+@router.post("/{deployment_id}/cancel", status_code=202, response_model=DeploymentOut)
+def cancel_deployment(
+    deployment_id: str,
+    context: Context,
+    caller: CallerDep,
+    body: Annotated[CancelRequest | None, Body()] = None,
+) -> DeploymentOut:
+    """Abort every node still working; the deployment ends ``aborted``."""
+    view = context.reader.deployment(deployment_id)
+    if view.user != caller.user and not caller.admin:
+        raise ApiError(
+            403, "forbidden", f"deployment {deployment_id} belongs to {view.user}, not to you"
+        )
+    if view.status != "running":
+        raise ApiError(409, "not_running", f"deployment {deployment_id} is already {view.status}")
+    reason = body.reason if body is not None else CancelRequest().reason
+    if caller.user != view.user:
+        reason = f"{reason} (by {caller.user})"
+    if not context.daemon.cancel(deployment_id, reason):
+        raise ApiError(409, "not_running", f"deployment {deployment_id} is not running any more")
+    return deployment_out(context.reader.deployment(deployment_id))
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _check_nodes(context: ApiContext, names: list[str]) -> list[str]:
+    known = context.config.nodes
+    problems = []
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            problems.append(Problem("request", f"node {name} is listed twice", f"nodes[{index}]"))
+        seen.add(name)
+        if name not in known:
+            problems.append(
+                Problem(
+                    "request", f"unknown node {name}{did_you_mean(name, known)}", f"nodes[{index}]"
+                )
+            )
+    if problems:
+        raise ApiError(422, "unknown_node", problems[0].message, problems)
+    return names
+
+
+def _keys(context: ApiContext, caller: Caller, body: DeploymentCreate) -> str:
+    text = body.authorized_keys
+    if body.authorized_keys_upload is not None:
+        try:
+            text = context.uploads.read_text(body.authorized_keys_upload, caller.user, MAX_KEYS)
+        except UploadError as exc:
+            status = 404 if exc.code == "unknown_upload" else 422
+            raise ApiError(status, exc.code, str(exc)) from None
+    if _KEY_CONTROL.search(text):
+        raise ApiError(
+            422, "invalid_keys", "authorized_keys must be text lines without control characters"
+        )
+    return text
+
+
+def _check_clusters(context: ApiContext, env: EnvironmentDescription, nodes: list[str]) -> None:
+    problems = [
+        Problem(
+            "request",
+            f"environment {env.name} does not run on cluster {context.config.nodes[n].cluster} "
+            f"of {n} (its clusters: {', '.join(env.clusters or ())})",
+            f"nodes[{i}]",
+        )
+        for i, n in enumerate(nodes)
+        if not env.runs_on(context.config.nodes[n].cluster)
+    ]
+    if problems:
+        raise ApiError(422, "incompatible_environment", problems[0].message, problems)
+
+
+def _check_rights(
+    context: ApiContext, caller: Caller, nodes: list[str], partition: int | None
+) -> None:
+    if caller.admin:
+        return
+    wanted = [
+        (n, str(partition or context.config.nodes[n].settings.disk.deploy_partition)) for n in nodes
+    ]
+    missing = context.reader.nodes_without_right(caller.user, wanted)
+    if missing:
+        problems = [
+            Problem("request", f"{caller.user} has no right to deploy {n} (partition {p})", "nodes")
+            for n, p in missing
+        ]
+        raise ApiError(
+            403,
+            "no_right",
+            f"no right to deploy {', '.join(n for n, _ in missing)}; "
+            f"an administrator grants rights with karights",
+            problems,
+        )
+
+
+def _check_free(context: ApiContext, nodes: list[str], force: bool) -> None:
+    usage = context.reader.node_usage()
+    busy = [
+        usage[n]
+        for n in nodes
+        if n in usage and usage[n].deployment_status == "running" and not usage[n].final
+    ]
+    if busy and not force:
+        problems = [
+            Problem(
+                "request",
+                f"{u.node} is being deployed by {u.user} (deployment {u.deployment_id}, "
+                f"state {u.state})",
+                "nodes",
+            )
+            for u in busy
+        ]
+        raise ApiError(
+            409,
+            "node_busy",
+            f"{', '.join(u.node for u in busy)} already in a running deployment; "
+            "use force to deploy anyway",
+            problems,
+        )
+
+
+def _sweep_anonymous(context: ApiContext, keep: Path | None) -> None:
+    """Remove the files of anonymous environments no running deployment uses any more."""
+    used = {keep.name} if keep is not None else set()
+    for view in context.reader.deployments(status="running", limit=1_000_000):
+        if view.anonymous:
+            image = str(view.environment.get("image", {}).get("file", ""))
+            used.add(Path(image).parent.name)
+    for directory in context.anonymous_dir.iterdir():
+        if directory.name not in used:
+            environments.remove_directory(directory)
+
+
+def _may_read_logs(context: ApiContext, caller: Caller, view: DeploymentView) -> None:
+    if view.user != caller.user and not caller.admin:
+        raise ApiError(403, "forbidden", f"the logs of deployment {view.id} are {view.user}'s")
+
+
+def _log(
+    context: ApiContext, deployment_id: str, node: str | None, after: int, limit: int
+) -> list[LogLineOut]:
+    return [
+        LogLineOut(
+            seq=line.seq, node=line.node, at=line.at, stream=line.stream.value, text=line.text
+        )
+        for line in context.reader.log(deployment_id, node, after, limit)
+    ]

@@ -1,0 +1,86 @@
+"""``/v1/nodes``: the configured nodes, their current state, environment and owner (kanodes).
+Reboot and power (kareboot, kapower) come with a later change."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from kadeployd.api.auth import CallerDep, Context
+from kadeployd.api.errors import ApiError
+from kadeployd.api.models import EnvironmentSummary, NodeOut
+from kadeployd.api.responses import ERRORS
+from kadeployd.config.model import Node
+from kadeployd.store.usage import NodeUsage
+from kadeployd.suggest import did_you_mean
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/nodes", tags=["nodes"], responses=ERRORS)
+
+
+@router.get("", response_model=list[NodeOut])
+def list_nodes(
+    context: Context,
+    caller: CallerDep,
+    cluster: Annotated[str | None, Query(max_length=64)] = None,
+) -> list[NodeOut]:
+    """Every configured node (of ``cluster``), in nodes.conf order."""
+    config = context.config
+    if cluster is not None and cluster not in config.clusters:
+        raise ApiError(
+            404,
+            "unknown_cluster",
+            f"unknown cluster {cluster}{did_you_mean(cluster, config.clusters)}",
+        )
+    usage = context.reader.node_usage()
+    return [
+        _node_out(node, usage.get(name))
+        for name, node in config.nodes.items()
+        if cluster is None or node.cluster == cluster
+    ]
+
+
+@router.get("/{name}", response_model=NodeOut)
+def get_node(name: str, context: Context, caller: CallerDep) -> NodeOut:
+    """One node."""
+    nodes = context.config.nodes
+    if name not in nodes:
+        raise ApiError(404, "unknown_node", f"unknown node {name}{did_you_mean(name, nodes)}")
+    return _node_out(nodes[name], context.reader.node_usage().get(name))
+
+
+def _node_out(node: Node, usage: NodeUsage | None) -> NodeOut:
+    if usage is None:
+        return NodeOut(
+            name=node.name,
+            cluster=node.cluster,
+            address=node.address,
+            state=None,
+            busy=False,
+            deployment_id=None,
+            owner=None,
+            environment=None,
+            since=None,
+        )
+    running = usage.deployment_status == "running" and not usage.final
+    environment = None
+    if usage.state in ("deployed", "already_installed"):
+        environment = EnvironmentSummary(
+            name=usage.environment_name,
+            version=usage.environment_version,
+            anonymous=usage.anonymous,
+        )
+    return NodeOut(
+        name=node.name,
+        cluster=node.cluster,
+        address=node.address,
+        state=usage.state,
+        busy=running,
+        deployment_id=usage.deployment_id,
+        owner=usage.user,
+        environment=environment,
+        since=usage.since,
+    )

@@ -1,0 +1,72 @@
+"""``/v1/rights``: who may deploy which nodes (karights). Administrators grant and revoke;
+users read their own."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from kadeployd.api.auth import CallerDep, Context, require_admin
+from kadeployd.api.errors import ApiError
+from kadeployd.api.models import RightOut, RightsChange, RightsGrant
+from kadeployd.api.responses import ERRORS
+from kadeployd.errors import Problem
+from kadeployd.store.rights import ANY
+from kadeployd.suggest import did_you_mean
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/rights", tags=["rights"], responses=ERRORS)
+
+
+@router.get("", response_model=list[RightOut])
+def list_rights(
+    context: Context,
+    caller: CallerDep,
+    user: Annotated[str | None, Query(max_length=64)] = None,
+    node: Annotated[str | None, Query(max_length=255)] = None,
+) -> list[RightOut]:
+    """Rights held (yours; an administrator's view is everyone's)."""
+    if not caller.admin:
+        if user is not None and user != caller.user:
+            raise ApiError(403, "forbidden", "only administrators read other users' rights")
+        user = caller.user
+    return [
+        RightOut(user=r.user, node=r.node, partition=r.partition)
+        for r in context.reader.rights(user=user, node=node)
+    ]
+
+
+@router.post("", status_code=201, response_model=RightsChange)
+def grant_rights(body: RightsGrant, context: Context, caller: CallerDep) -> RightsChange:
+    """Grant ``user`` the right to deploy ``nodes`` (or ``*``) on ``partitions`` (or ``*``)."""
+    require_admin(caller, "grant rights")
+    known = context.config.nodes
+    problems = [
+        Problem("request", f"unknown node {n}{did_you_mean(n, known)}", f"nodes[{i}]")
+        for i, n in enumerate(body.nodes)
+        if n != ANY and n not in known
+    ]
+    if problems:
+        raise ApiError(422, "unknown_node", problems[0].message, problems)
+    added: int = context.daemon.store_call(
+        lambda s: s.grant_rights(body.user, body.nodes, body.partitions)
+    )
+    logger.info("%s granted %s rights on %d nodes", caller.user, body.user, len(body.nodes))
+    return RightsChange(changed=added)
+
+
+@router.delete("/{user}", response_model=RightsChange)
+def revoke_rights(
+    user: Annotated[str, Path(max_length=64)],
+    context: Context,
+    caller: CallerDep,
+    node: Annotated[str | None, Query(max_length=255)] = None,
+    partition: Annotated[str | None, Query(max_length=8)] = None,
+) -> RightsChange:
+    """Revoke ``user``'s rights on ``node`` and ``partition`` (absent: all of them)."""
+    require_admin(caller, "revoke rights")
+    removed: int = context.daemon.store_call(lambda s: s.revoke_rights(user, node, partition))
+    return RightsChange(changed=removed)

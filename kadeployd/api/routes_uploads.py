@@ -1,0 +1,91 @@
+"""``/v1/uploads``: send a file's bytes (an image, an archive, a key) as the request body.
+
+``POST /v1/uploads?name=debian.tar.zst`` with the raw bytes (any content type, streamed to disk,
+at most ``daemon.max_upload_mib``) answers the upload's id, to be named in a deployment's or
+an environment's ``files``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from kadeployd.api.auth import CallerDep, Context
+from kadeployd.api.errors import ApiError
+from kadeployd.api.models import UploadOut
+from kadeployd.api.responses import ERRORS
+from kadeployd.api.uploads import UploadError, UploadInfo, UploadTooLarge, check_file_name
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=ERRORS)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=UploadOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def upload(
+    request: Request,
+    context: Context,
+    caller: CallerDep,
+    name: Annotated[str, Query(min_length=1, max_length=200)],
+) -> UploadOut:
+    """Store the request body as a file named ``name``."""
+    problem = check_file_name(name)
+    if problem is not None:
+        raise ApiError(422, "invalid_request", f"query.name: {problem}")
+    limit = context.config.daemon.max_upload_mib * 2**20
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(
+            413,
+            "upload_too_large",
+            f"{name}: {int(declared)} bytes is more than the limit of "
+            f"{limit // 2**20} MiB (daemon.max_upload_mib)",
+        )
+    context.uploads.sweep()
+    writer = context.uploads.writer(caller.user, name, limit)
+    try:
+        async for chunk in request.stream():
+            writer.write(chunk)
+    except UploadTooLarge as exc:
+        writer.discard()
+        raise ApiError(413, exc.code, str(exc)) from None
+    except BaseException:
+        writer.discard()
+        raise
+    return _out(writer.commit())
+
+
+@router.get("", response_model=list[UploadOut])
+def list_uploads(context: Context, caller: CallerDep) -> list[UploadOut]:
+    """Your uploads not used yet."""
+    return [_out(i) for i in context.uploads.uploads(caller.user)]
+
+
+@router.delete("/{upload_id}", status_code=204, response_class=Response)
+def delete_upload(upload_id: str, context: Context, caller: CallerDep) -> Response:
+    """Drop an upload."""
+    try:
+        context.uploads.delete(upload_id, caller.user)
+    except UploadError as exc:
+        raise ApiError(404, exc.code, str(exc)) from None
+    return Response(status_code=204)
+
+
+def _out(info: UploadInfo) -> UploadOut:
+    return UploadOut(
+        id=info.id, name=info.name, size=info.size, sha256=info.sha256, created_at=info.created_at
+    )
