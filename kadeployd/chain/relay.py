@@ -1,0 +1,886 @@
+"""Chain relay: receive a stream from upstream, write it locally, forward it downstream.
+
+This file is sent to a node as text over SSH and run there with ``python3 relay.py ARGS``.
+It must stay ONE self-contained file, Python >= 3.9, standard library only: it imports
+nothing from kadeployd (the daemon imports it, never the reverse).
+
+Usage::
+
+    python3 relay.py --writer JSON [--listen HOST:PORT] [--secret-env NAME]
+                     [--stall-timeout S] [--idle-timeout S] [--ring-mib N] [--chunk-kib N]
+                     [--progress-interval S]
+
+``--writer``             the command that consumes the stream on its stdin, as a JSON list
+                         of strings, e.g. ``["sh", "-c", "zstd -dc | tar -x -C /mnt/dest"]``.
+                         Its stdout goes to the relay's stderr; the stream is forwarded even
+                         if the writer fails (its exit status is reported).
+``--listen``             address to listen on, default ``0.0.0.0:0``; port 0 picks a free
+                         port, printed in the ``listening`` event.
+``--secret-env NAME``    read the secret from that environment variable; without it, the
+                         secret is the first line of stdin (never on the command line:
+                         /proc/PID/cmdline is world-readable). At least 16 bytes.
+``--stall-timeout``      seconds without any progress nor sign of life from the successor
+                         before it is declared dead and cut out (default 10).
+``--idle-timeout``       seconds without anything from upstream after which the relay gives
+                         up and exits 3, so it never lives forever (default 300).
+``--ring-mib``           size of the ring buffer, which is also the receive buffer: the last
+                         N MiB of the stream are kept to feed a new successor (default 64).
+``--chunk-kib``          largest single receive (default 1024).
+``--progress-interval``  seconds between ``progress`` events (default 1).
+
+The rest of the chain is NOT given on the command line: the upstream sends it in the
+handshake (``rest``), so every relay of a chain can be started at once with port 0.
+
+Wire protocol (one TCP connection per hop; integers big-endian)::
+
+    relay    -> upstream: MAGIC (8 bytes) + nonce (16 bytes)
+    upstream -> relay   : HMAC-SHA256(secret, MAGIC + nonce) (32) + len (4) + header JSON
+                          {"size": N, "you": "host:port", "rest": ["host:port", ...]}
+    relay    -> upstream: offset (8): the first byte of the stream the relay does not have
+    upstream -> relay   : stream bytes [offset, size), then a half-close
+    relay    -> upstream: messages, each type (1) + len (4) + JSON payload:
+                          H heartbeat (empty payload), sent while the relay is healthy;
+                          D {"node", "reason"}: a node downstream was cut out;
+                          X {"reason"}: you were replaced by another upstream;
+                          A {"results": [...], "dead": [...]}: the ack, sent once this relay
+                          and everything after it hold the stream; then the relay closes.
+                          results: one {"node", "bytes", "sha256", "writer_status",
+                          "writer_error"} per live node from this one to the tail;
+                          dead: every {"node", "reason"} cut out at or after this relay.
+
+Failures: the successor is cut out when a send fails, when it closes before its ack, or when
+it sends neither progress nor heartbeat for the stall timeout (a relay blocked on ITS
+successor keeps sending heartbeats; one blocked on its own writer stops after 3/4 of the
+stall timeout). The relay then connects to the next node of ``rest``, which answers the
+offset it needs, and resends from the ring; a node needing bytes older than the ring is cut
+out too, with a reason that says so. A writer that fails does not stop the forwarding.
+
+A connection that does not present the right HMAC is closed at once; the relay keeps
+serving. A newly authenticated upstream replaces the current one (its predecessor cut the
+current one out); the relay answers it with its offset and carries on.
+
+Reports are JSON lines on stdout::
+
+    {"event": "listening", "port": P}
+    {"event": "progress", "bytes": N}
+    {"event": "dead", "node": "host:port", "reason": "..."}
+    {"event": "done", "bytes": N, "sha256": HEX, "writer_status": S}
+    {"event": "error", "reason": "..."}        (then exit status != 0)
+
+Exit status: 0 done, 2 bad arguments or set-up failure, 3 idle timeout, 4 cut out by
+upstream, 5 protocol or internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import queue
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+MAGIC = b"KDCHAIN1"
+NONCE_SIZE = 16
+MAC_SIZE = 32
+MAX_HEADER = 1 << 20
+MAX_MESSAGE = 8 << 20
+MIN_SECRET = 16
+OFFSET = struct.Struct(">Q")
+LENGTH = struct.Struct(">I")
+
+HEARTBEAT = b"H"
+DEAD = b"D"
+SUPERSEDED = b"X"
+ACK = b"A"
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_IDLE = 3
+EXIT_CUT_OUT = 4
+EXIT_PROTOCOL = 5
+
+# F_SETPIPE_SZ appeared in the fcntl module in Python 3.10; its Linux value is stable.
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+POLL_IN = select.POLLIN | select.POLLPRI
+POLL_BAD = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class RelayError(Exception):
+    """The relay cannot go on; ``status`` is its exit status."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class PeerLost(Exception):
+    """A connection to a peer failed, stalled or broke the protocol."""
+
+
+class HandshakeTimeout(PeerLost):
+    """The peer accepted the connection but did not answer in time (stopped, overloaded)."""
+
+
+def mac_of(secret: bytes, nonce: bytes) -> bytes:
+    """What a connecting peer must present: it proves the secret without revealing it."""
+    return hmac.new(secret, MAGIC + nonce, hashlib.sha256).digest()
+
+
+def encode_message(kind: bytes, payload: dict[str, Any] | None = None) -> bytes:
+    """One upstream-bound message: type byte, length, JSON payload (empty for heartbeats)."""
+    body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+    return kind + LENGTH.pack(len(body)) + body
+
+
+class MessageReader:
+    """Splits the bytes of an upstream-bound channel into ``(type, payload)`` messages."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[bytes, dict[str, Any]]]:
+        self._buffer += data
+        messages = []
+        while len(self._buffer) >= 5:
+            kind = bytes(self._buffer[:1])
+            (length,) = LENGTH.unpack_from(self._buffer, 1)
+            if length > MAX_MESSAGE or kind not in (HEARTBEAT, DEAD, SUPERSEDED, ACK):
+                raise PeerLost("protocol error: bad message from successor")
+            if len(self._buffer) < 5 + length:
+                break
+            body = bytes(self._buffer[5 : 5 + length])
+            del self._buffer[: 5 + length]
+            try:
+                payload = json.loads(body) if body else {}
+            except ValueError as exc:
+                raise PeerLost(f"protocol error: bad message payload: {exc}") from exc
+            if not isinstance(payload, dict):
+                raise PeerLost("protocol error: message payload is not an object")
+            messages.append((kind, payload))
+        return messages
+
+
+def split_address(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` to a (host, port) pair; ValueError if malformed."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port_text)
+
+
+def recv_exact(sock: socket.socket, size: int, deadline: float) -> bytes:
+    """Exactly ``size`` bytes from a blocking socket, or PeerLost by ``deadline``."""
+    data = bytearray()
+    while len(data) < size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HandshakeTimeout("timed out during handshake")
+        sock.settimeout(remaining)
+        try:
+            piece = sock.recv(size - len(data))
+        except TimeoutError as exc:
+            raise HandshakeTimeout("timed out during handshake") from exc
+        except OSError as exc:
+            raise PeerLost(f"handshake failed: {exc}") from exc
+        if not piece:
+            raise PeerLost("connection closed during handshake")
+        data += piece
+    return bytes(data)
+
+
+def client_handshake(
+    sock: socket.socket, secret: bytes, header: dict[str, Any], timeout: float
+) -> int:
+    """Authenticate to a relay on a connected blocking socket; returns the offset it asks."""
+    deadline = time.monotonic() + timeout
+    greeting = recv_exact(sock, len(MAGIC) + NONCE_SIZE, deadline)
+    if not greeting.startswith(MAGIC):
+        raise PeerLost("not a chain relay (bad greeting)")
+    body = json.dumps(header, separators=(",", ":")).encode()
+    try:
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        sock.sendall(mac_of(secret, greeting[len(MAGIC) :]) + LENGTH.pack(len(body)) + body)
+    except OSError as exc:
+        raise PeerLost(f"handshake failed: {exc}") from exc
+    try:
+        (offset,) = OFFSET.unpack(recv_exact(sock, OFFSET.size, deadline))
+    except HandshakeTimeout:
+        raise
+    except PeerLost as exc:
+        raise PeerLost(f"refused by the relay (wrong secret?): {exc}") from exc
+    if offset > header["size"]:
+        raise PeerLost(f"relay asked for offset {offset} beyond the stream size")
+    return offset
+
+
+def connect(address: str, timeout: float) -> socket.socket:
+    """A connected blocking TCP socket with Nagle off, or PeerLost."""
+    try:
+        host, port = split_address(address)
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except (OSError, ValueError) as exc:
+        raise PeerLost(f"cannot connect: {exc}") from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+class Reporter:
+    """JSON lines on stdout, one write and flush per event, safe from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def emit(self, event: str, **fields: Any) -> None:
+        line = json.dumps(dict(event=event, **fields), separators=(",", ":")) + "\n"
+        with self._lock:
+            try:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass  # nobody reads any more; the in-band ack still carries the results
+
+
+class Upstream:
+    """An authenticated connection from the predecessor, as handed over by the acceptor."""
+
+    def __init__(self, sock: socket.socket, header: dict[str, Any]) -> None:
+        self.sock = sock
+        self.header = header
+        self.lock = threading.Lock()
+
+    def send_nowait(self, data: bytes) -> bool:
+        """Best effort, never blocks (heartbeats, dead notices); False if it did not fit."""
+        with self.lock:
+            try:
+                return self.sock.send(data, socket.MSG_DONTWAIT) == len(data)
+            except OSError:
+                return False
+
+    def send_all(self, data: bytes, deadline: float) -> None:
+        """Blocking-with-deadline send of the ack; PeerLost if it fails."""
+        view = memoryview(data)
+        with self.lock:
+            while view:
+                try:
+                    sent = self.sock.send(view, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    raise PeerLost(f"upstream lost: {exc}") from exc
+                view = view[sent:]
+                if view:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise PeerLost("upstream does not read")
+                    select.select([], [self.sock], [], min(remaining, 0.5))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class Acceptor(threading.Thread):
+    """Accepts connections and authenticates each in its own short-lived thread.
+
+    Authenticated upstreams go to ``ready`` and a byte is written to ``wake_w`` so the main
+    thread's poll wakes up; anything else is closed at once.
+    """
+
+    MAX_PENDING = 16
+
+    def __init__(self, listener: socket.socket, secret: bytes, timeout: float, wake_w: int) -> None:
+        super().__init__(name="acceptor", daemon=True)
+        self.listener = listener
+        self.secret = secret
+        self.timeout = timeout
+        self.wake_w = wake_w
+        self.ready: queue.Queue[Upstream] = queue.Queue()
+        self.stopping = threading.Event()
+        self._pending = threading.BoundedSemaphore(self.MAX_PENDING)
+
+    def run(self) -> None:
+        self.listener.settimeout(0.5)
+        while not self.stopping.is_set():
+            try:
+                sock, _peer = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not self._pending.acquire(blocking=False):
+                sock.close()
+                continue
+            threading.Thread(target=self._authenticate, args=(sock,), daemon=True).start()
+
+    def _authenticate(self, sock: socket.socket) -> None:
+        try:
+            deadline = time.monotonic() + self.timeout
+            nonce = os.urandom(NONCE_SIZE)
+            sock.settimeout(self.timeout)
+            sock.sendall(MAGIC + nonce)
+            presented = recv_exact(sock, MAC_SIZE, deadline)
+            if not hmac.compare_digest(presented, mac_of(self.secret, nonce)):
+                sock.close()
+                return
+            (length,) = LENGTH.unpack(recv_exact(sock, LENGTH.size, deadline))
+            if length > MAX_HEADER:
+                raise PeerLost("header too large")
+            header = json.loads(recv_exact(sock, length, deadline))
+            if not valid_header(header):
+                raise PeerLost("bad header")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            self.ready.put(Upstream(sock, header))
+            os.write(self.wake_w, b"!")
+        except (OSError, ValueError, PeerLost):
+            sock.close()
+        finally:
+            self._pending.release()
+
+
+def valid_header(header: Any) -> bool:
+    return (
+        isinstance(header, dict)
+        and isinstance(header.get("size"), int)
+        and header["size"] >= 0
+        and isinstance(header.get("you"), str)
+        and isinstance(header.get("rest"), list)
+        and all(isinstance(item, str) for item in header["rest"])
+    )
+
+
+class Writer:
+    """The local consumer of the stream (tar, dd...), fed through a blocking pipe."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.error = ""
+        self.status: int | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.fd = -1
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=sys.stderr.fileno(), close_fds=True
+            )
+        except OSError as exc:
+            self.error = f"cannot start writer: {exc}"
+            self.status = 127
+            return
+        assert self.proc.stdin is not None
+        self.fd = self.proc.stdin.fileno()
+        # A 1 MiB pipe takes a whole chunk per write; a smaller one only costs more calls.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.fd, F_SETPIPE_SZ, 1 << 20)
+
+    @property
+    def alive(self) -> bool:
+        return self.fd >= 0
+
+    def write(self, view: memoryview) -> None:
+        while view and self.fd >= 0:
+            try:
+                written = os.write(self.fd, view)
+            except OSError as exc:
+                self.error = f"writer stopped reading: {exc}"
+                self._close_pipe()
+                return
+            view = view[written:]
+
+    def finish(self, timeout: float, wait: Callable[[float], None]) -> int | None:
+        """Close its stdin and wait for it; None if it had to be killed.
+
+        ``wait(seconds)`` is called between checks, so the relay keeps serving meanwhile.
+        """
+        self._close_pipe()
+        if self.proc is None:
+            return self.status
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                self.error = "writer did not exit in time; killed"
+                return None
+            wait(0.1)
+        self.status = self.proc.returncode
+        return self.status
+
+    def _close_pipe(self) -> None:
+        if self.proc is not None and self.proc.stdin is not None and self.fd >= 0:
+            self.fd = -1
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+
+class Downstream:
+    """The connection to the current successor, with stall detection by silence."""
+
+    def __init__(self, address: str, sock: socket.socket, offset: int) -> None:
+        self.address = address
+        self.sock = sock
+        self.sent = offset
+        self.reader = MessageReader()
+        self.heard = time.monotonic()
+        self.ack: dict[str, Any] | None = None
+        self.closed_write = False
+        sock.setblocking(False)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class Relay:
+    """The data path: ring buffer, writer, successor management, completion."""
+
+    def __init__(self, args: argparse.Namespace, secret: bytes, writer_argv: list[str]) -> None:
+        self.stall = args.stall_timeout
+        self.idle = args.idle_timeout
+        self.chunk = args.chunk_kib * 1024
+        self.ring_size = max(args.ring_mib * (1 << 20), self.chunk)
+        self.progress_interval = args.progress_interval
+        self.secret = secret
+        self.writer_argv = writer_argv
+        self.report = Reporter()
+        self.ring = bytearray(self.ring_size)
+        self.view = memoryview(self.ring)
+        self.received = 0
+        self.size: int | None = None
+        self.name = ""
+        self.rest: list[str] = []
+        self.dead: list[dict[str, str]] = []
+        self.results: list[dict[str, Any]] = []
+        self.sha = hashlib.sha256()
+        self.writer: Writer | None = None
+        self.up: Upstream | None = None
+        self.down: Downstream | None = None
+        self.busy_since: float | None = None  # set while blocked on the local writer
+        self.finished = threading.Event()
+        self.last_upstream = time.monotonic()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.listener = self._listen(args.listen)
+        self.acceptor = Acceptor(self.listener, secret, max(5.0, self.stall), self.wake_w)
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _listen(self, address: str) -> socket.socket:
+        try:
+            host, port = split_address(address)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, port))
+            listener.listen(16)
+        except (OSError, ValueError) as exc:
+            raise RelayError(EXIT_USAGE, f"cannot listen on {address}: {exc}") from exc
+        return listener
+
+    def run(self) -> None:
+        self.report.emit("listening", port=self.listener.getsockname()[1])
+        self.acceptor.start()
+        threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
+        try:
+            self._receive_stream()
+            self._finish()
+        finally:
+            self.finished.set()
+            self.acceptor.stopping.set()
+            self.listener.close()
+            if self.down is not None:
+                self.down.close()
+            proc = self.writer.proc if self.writer is not None else None
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    # -- upstream ---------------------------------------------------------------------------
+
+    def _adopt_pending(self) -> None:
+        """Take the newest authenticated upstream, answer its offset, drop the old one."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.wake_r, 4096)
+        while True:
+            try:
+                new = self.acceptor.ready.get_nowait()
+            except queue.Empty:
+                return
+            first = self.size is None
+            if first:
+                self._start(new.header)
+            elif new.header["size"] != self.size:
+                new.close()  # another stream under the same secret: refuse it
+                continue
+            try:
+                new.sock.sendall(OFFSET.pack(self.received))
+            except OSError:
+                new.close()
+                continue
+            old, self.up = self.up, new
+            self.last_upstream = time.monotonic()
+            if old is not None:
+                old.send_nowait(
+                    encode_message(SUPERSEDED, {"reason": "replaced by a new upstream"})
+                )
+                old.close()
+            if first:
+                self._relink()
+
+    def _start(self, header: dict[str, Any]) -> None:
+        """First authenticated upstream: learn the stream, start the writer and the chain."""
+        self.size = header["size"]
+        self.name = header["you"]
+        self.rest = list(header["rest"])
+        self.writer = Writer(self.writer_argv)
+        if self.writer.error:
+            self._log(self.writer.error)
+
+    def _wait_upstream(self, poller: Any, timeout: float) -> None:
+        """Poll the upstream socket and the wake pipe; raises on idle timeout."""
+        events = poller.poll(timeout * 1000)
+        if any(fd == self.wake_r for fd, _ in events):
+            self._adopt_pending()
+        if time.monotonic() - self.last_upstream > self.idle:
+            raise RelayError(EXIT_IDLE, f"nothing from upstream for {self.idle:g} s")
+
+    def _receive_stream(self) -> None:
+        while self.size is None or self.received < self.size:
+            up = self.up
+            poller = select.poll()
+            poller.register(self.wake_r, select.POLLIN)
+            if up is None:
+                self._wait_upstream(poller, 1.0)
+                continue
+            poller.register(up.sock, POLL_IN)
+            assert self.size is not None
+            start = self.received % self.ring_size
+            want = min(self.chunk, self.ring_size - start, self.size - self.received)
+            try:
+                got = up.sock.recv_into(self.view[start : start + want])
+            except (BlockingIOError, InterruptedError):
+                self._wait_upstream(poller, 1.0)
+                continue
+            except OSError as exc:
+                got = 0
+                self._log(f"upstream lost at byte {self.received}: {exc}")
+            if got == 0:
+                # Upstream died or was cut out before the end: wait for the one that replaces it.
+                up.close()
+                self.up = None
+                continue
+            piece = self.view[start : start + got]
+            self.received += got
+            self.last_upstream = time.monotonic()
+            self.sha.update(piece)
+            self._forward()
+            writer = self.writer
+            assert writer is not None
+            if writer.alive:
+                self.busy_since = time.monotonic()
+                writer.write(piece)
+                self.busy_since = None
+                if not writer.alive:
+                    self._log(f"{writer.error}; still forwarding the stream")
+
+    # -- downstream -------------------------------------------------------------------------
+
+    def _relink(self) -> None:
+        """Connect to the first successor that answers and bring it up to ``received``."""
+        while self.down is None and self.rest:
+            address = self.rest.pop(0)
+            try:
+                sock = connect(address, self.stall)
+                header = {"size": self.size, "you": address, "rest": list(self.rest)}
+                offset = client_handshake(sock, self.secret, header, 2 * self.stall + 5)
+            except PeerLost as exc:
+                self._mark_dead(address, str(exc))
+                continue
+            oldest = max(0, self.received - self.ring_size)
+            if offset < oldest or offset > self.received:
+                sock.close()
+                self._mark_dead(
+                    address,
+                    f"needs byte {offset} but this relay holds only [{oldest}, {self.received})",
+                )
+                continue
+            self.down = Downstream(address, sock, offset)
+            self._forward()
+
+    def _mark_dead(self, address: str, reason: str) -> None:
+        entry = {"node": address, "reason": reason}
+        self.dead.append(entry)
+        self.report.emit("dead", node=address, reason=reason)
+        if self.up is not None:
+            self.up.send_nowait(encode_message(DEAD, entry))
+
+    def _lose_successor(self, reason: str) -> None:
+        down = self.down
+        assert down is not None
+        down.close()
+        self.down = None
+        self._mark_dead(down.address, reason)
+        self._relink()
+
+    def _forward(self) -> None:
+        """Send the successor everything it lacks up to ``received``, from the ring."""
+        while self.down is not None:
+            down = self.down
+            try:
+                self._drain(down)
+                while down.sent < self.received:
+                    start = down.sent % self.ring_size
+                    end = min(self.ring_size, start + (self.received - down.sent))
+                    down.sent += self._send_some(down, self.view[start:end])
+                return
+            except PeerLost as exc:
+                self._lose_successor(str(exc))
+
+    def _send_some(self, down: Downstream, view: memoryview) -> int:
+        """Send at least one byte of ``view``; waits (reading messages) while blocked."""
+        while True:
+            try:
+                sent = down.sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                raise PeerLost(f"send failed: {exc}") from exc
+            if sent:
+                down.heard = time.monotonic()
+                return sent
+            self._wait_down(down, select.POLLOUT)
+
+    def _wait_down(self, down: Downstream, extra: int) -> None:
+        """One poll on the successor; raises PeerLost on error, close or stall."""
+        silent_for = time.monotonic() - down.heard
+        if silent_for > self.stall:
+            raise PeerLost(f"stalled: no progress nor heartbeat for {silent_for:.1f} s")
+        poller = select.poll()
+        poller.register(down.sock, POLL_IN | extra)
+        poller.register(self.wake_r, select.POLLIN)
+        timeout = min(self.stall - silent_for, self.stall / 4)
+        for fd, mask in poller.poll(max(1, int(timeout * 1000))):
+            if fd == self.wake_r:
+                # A new upstream must get its offset now, not after this wait: it would
+                # take the silence for a stall.
+                self._adopt_pending()
+            elif mask & POLL_IN:
+                self._drain(down)
+            elif mask & POLL_BAD:
+                raise PeerLost("connection error")
+
+    def _drain(self, down: Downstream) -> None:
+        """Read whatever the successor sent upstream-bound, without blocking."""
+        while True:
+            try:
+                data = down.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                raise PeerLost(f"connection lost: {exc}") from exc
+            if not data:
+                if down.ack is not None:
+                    return
+                raise PeerLost("closed the connection before acknowledging the stream")
+            down.heard = time.monotonic()
+            for kind, payload in down.reader.feed(data):
+                if kind == DEAD:
+                    entry = {"node": str(payload.get("node")), "reason": str(payload.get("reason"))}
+                    self.report.emit("dead", **entry)
+                    if self.up is not None:
+                        self.up.send_nowait(encode_message(DEAD, entry))
+                elif kind == SUPERSEDED:
+                    raise RelayError(EXIT_CUT_OUT, "cut out: the successor has a new upstream")
+                elif kind == ACK:
+                    down.ack = payload
+                    return
+
+    # -- completion -------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        assert self.writer is not None
+        self._half_close_down()
+        self.busy_since = None
+        status = self.writer.finish(self.idle, self._serve_while_waiting)
+        if status is None:
+            self._log(self.writer.error)
+        ack = self._await_successor_ack()
+        own = {
+            "node": self.name,
+            "bytes": self.received,
+            "sha256": self.sha.hexdigest(),
+            "writer_status": status,
+            "writer_error": self.writer.error,
+        }
+        self.results = [own, *list(ack.get("results", []))]
+        dead = self.dead + [d for d in ack.get("dead", []) if d not in self.dead]
+        message = encode_message(ACK, {"results": self.results, "dead": dead})
+        self._deliver_ack(message)
+        self.report.emit(
+            "done", bytes=self.received, sha256=self.sha.hexdigest(), writer_status=status
+        )
+
+    def _half_close_down(self) -> None:
+        while self.down is not None and not self.down.closed_write:
+            try:
+                self.down.sock.shutdown(socket.SHUT_WR)
+                self.down.closed_write = True
+            except OSError as exc:
+                self._lose_successor(f"half-close failed: {exc}")
+
+    def _await_successor_ack(self) -> dict[str, Any]:
+        while self.down is not None:
+            down = self.down
+            try:
+                while down.ack is None:
+                    self._wait_down(down, 0)
+                down.close()
+                self.down = None
+                return down.ack
+            except PeerLost as exc:
+                self._lose_successor(str(exc))
+                self._half_close_down()
+        return {}
+
+    def _serve_while_waiting(self, seconds: float) -> None:
+        """Wait up to ``seconds``, answering any new upstream meanwhile."""
+        poller = select.poll()
+        poller.register(self.wake_r, select.POLLIN)
+        if poller.poll(seconds * 1000):
+            self._adopt_pending()
+
+    def _deliver_ack(self, message: bytes) -> None:
+        """Give the ack to the current upstream, or to the one that replaces it."""
+        self.last_upstream = time.monotonic()
+        while True:
+            up = self.up
+            if up is not None:
+                try:
+                    up.send_all(message, time.monotonic() + self.idle)
+                    up.sock.shutdown(socket.SHUT_WR)
+                    self._wait_eof(up)
+                    up.close()
+                    return
+                except (PeerLost, OSError) as exc:
+                    self._log(f"could not deliver the ack upstream: {exc}")
+                    up.close()
+                    self.up = None
+            poller = select.poll()
+            poller.register(self.wake_r, select.POLLIN)
+            self._wait_upstream(poller, 1.0)
+
+    def _wait_eof(self, up: Upstream) -> None:
+        """Wait for upstream to close after the ack, so closing here cannot reset it."""
+        deadline = time.monotonic() + self.stall
+        while time.monotonic() < deadline:
+            select.select([up.sock], [], [], max(0.0, deadline - time.monotonic()))
+            try:
+                if not up.sock.recv(65536):
+                    return
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return
+
+    # -- side threads -----------------------------------------------------------------------
+
+    def _heartbeats(self) -> None:
+        """Tell upstream this relay is alive; stop when blocked on the writer too long."""
+        interval = min(self.stall / 4, self.progress_interval)
+        last_progress = time.monotonic()
+        reported = -1
+        beat = encode_message(HEARTBEAT)
+        while not self.finished.wait(interval):
+            now = time.monotonic()
+            busy = self.busy_since
+            up = self.up
+            if up is not None and (busy is None or now - busy < 0.75 * self.stall):
+                up.send_nowait(beat)
+            if now - last_progress >= self.progress_interval and self.received != reported:
+                reported = self.received
+                last_progress = now
+                self.report.emit("progress", bytes=reported)
+
+    def _log(self, text: str) -> None:
+        sys.stderr.write(f"relay {self.name or '?'}: {text}\n")
+        sys.stderr.flush()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="relay.py", description="kadeployd chain relay")
+    parser.add_argument("--writer", required=True, help="writer command as a JSON list")
+    parser.add_argument("--listen", default="0.0.0.0:0", help="HOST:PORT, port 0 for any")
+    parser.add_argument("--secret-env", default="", help="env variable holding the secret")
+    parser.add_argument("--stall-timeout", type=float, default=10.0)
+    parser.add_argument("--idle-timeout", type=float, default=300.0)
+    parser.add_argument("--ring-mib", type=int, default=64)
+    parser.add_argument("--chunk-kib", type=int, default=1024)
+    parser.add_argument("--progress-interval", type=float, default=1.0)
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    """Validate the arguments; returns the writer argv or raises RelayError."""
+    try:
+        writer = json.loads(args.writer)
+    except ValueError as exc:
+        raise RelayError(EXIT_USAGE, f"--writer is not JSON: {exc}") from exc
+    if (
+        not isinstance(writer, list)
+        or not writer
+        or not all(isinstance(item, str) for item in writer)
+    ):
+        raise RelayError(
+            EXIT_USAGE, '--writer must be a non-empty JSON list of strings, e.g. ["cat"]'
+        )
+    for name in ("stall_timeout", "idle_timeout", "progress_interval"):
+        if getattr(args, name) <= 0:
+            raise RelayError(EXIT_USAGE, f"--{name.replace('_', '-')} must be > 0")
+    if args.ring_mib <= 0 or args.chunk_kib <= 0:
+        raise RelayError(EXIT_USAGE, "--ring-mib and --chunk-kib must be > 0")
+    return writer
+
+
+def read_secret(env_name: str) -> bytes:
+    if env_name:
+        value = os.environ.get(env_name, "").encode()
+        where = f"environment variable {env_name}"
+    else:
+        value = sys.stdin.buffer.readline().rstrip(b"\r\n")
+        where = "the first line of stdin"
+    if len(value) < MIN_SECRET:
+        raise RelayError(EXIT_USAGE, f"secret from {where} is shorter than {MIN_SECRET} bytes")
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    reporter = Reporter()
+    try:
+        writer = check_args(args)
+        relay = Relay(args, read_secret(args.secret_env), writer)
+        relay.run()
+    except RelayError as exc:
+        reporter.emit("error", reason=exc.reason)
+        sys.stderr.write(f"relay: {exc.reason}\n")
+        sys.exit(exc.status)
+    except Exception as exc:  # the one line the server sees instead of a traceback
+        reporter.emit("error", reason=f"internal error: {type(exc).__name__}: {exc}")
+        sys.stderr.write(f"relay: internal error: {type(exc).__name__}: {exc}\n")
+        sys.exit(EXIT_PROTOCOL)
+    sys.exit(EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()
