@@ -13,6 +13,7 @@ from kadeployd.api import (
     routes_environments,
     routes_events,
     routes_nodes,
+    routes_power,
     routes_rights,
     routes_server,
     routes_stats,
@@ -24,7 +25,8 @@ from kadeployd.api.errors import install_error_handlers
 logger = logging.getLogger(__name__)
 
 DESCRIPTION = """\
-The kadeployd REST API: deployments, nodes, environments, rights, statistics, uploads.
+The kadeployd REST API: deployments, nodes, power and reboots, environments, rights,
+statistics, uploads.
 
 Every request but `/v1/health` needs `Authorization: Bearer <token>`
 (`kadeploy-server token add USER` writes USER's token to `~USER/.kadeploy/token`).
@@ -47,6 +49,7 @@ def create_app(context: ApiContext) -> FastAPI:
         routes_deployments,
         routes_events,
         routes_nodes,
+        routes_power,
         routes_environments,
         routes_uploads,
         routes_rights,

@@ -1,0 +1,253 @@
+"""Live progress of a deployment and its final summary, as ``kadeploy`` prints them.
+
+The progress is fed the deployment's server-sent events. On a terminal it keeps one block of
+lines, one per step with the number of nodes in it, rewritten in place; elsewhere (a pipe, a
+log file) it appends a line each time a step's count changes. Failures are printed as they
+happen in both cases. Times are the server's, relative to the deployment's creation.
+
+Verbose levels (``--verbose-level``): 0 errors only, 1 the final summary, 2 failures as they
+happen, 3 (default) the steps' counts, 4 every node's state change, 5 the nodes' logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+logger = logging.getLogger(__name__)
+
+STEPS = (
+    "pending",
+    "rebooting",
+    "deploy_env",
+    "partitioning",
+    "transferring",
+    "postinstall",
+    "booting",
+    "deployed",
+    "already_installed",
+    "deploy_failed",
+    "incompatible",
+    "decommissioned",
+    "aborted",
+)
+"""The states users see, in the order a node goes through them."""
+SUCCESS = frozenset({"deployed", "already_installed"})
+FAILURE = frozenset({"deploy_failed", "incompatible", "decommissioned", "aborted"})
+DEFAULT_VERBOSE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOutcome:
+    """A node at the end: deployed or not, and why not."""
+
+    node: str
+    state: str
+    step: str | None
+    reason: str | None
+
+    @property
+    def deployed(self) -> bool:
+        """Whether the node runs the environment."""
+        return self.state in SUCCESS
+
+
+def outcomes(nodes: Iterable[dict[str, Any]]) -> list[NodeOutcome]:
+    """The final records of ``GET /v1/deployments/{id}/nodes`` as outcomes."""
+    return [
+        NodeOutcome(
+            node=str(n["node"]),
+            state=str(n["state"]),
+            step=n.get("error_step"),
+            reason=n.get("error_message"),
+        )
+        for n in nodes
+    ]
+
+
+class Progress:
+    """Renders state events; see the module docstring."""
+
+    def __init__(
+        self,
+        deployment: dict[str, Any],
+        nodes: Sequence[str],
+        verbose: int = DEFAULT_VERBOSE,
+        stream: IO[str] | None = None,
+        tty: bool | None = None,
+    ) -> None:
+        self._stream = stream or sys.stderr
+        self._tty = self._stream.isatty() if tty is None else tty
+        self._verbose = verbose
+        self._origin = float(deployment.get("created_at") or 0.0)
+        self._total = len(nodes) or int(deployment.get("node_count") or 0)
+        self._states: dict[str, str] = dict.fromkeys(nodes, "pending")
+        self._last: dict[str, dict[str, Any]] = {}
+        self._block = 0
+        self._last_counts: Counter[str] = Counter()
+        self._elapsed = 0.0
+
+    # ------------------------------------------------------------ events
+
+    def header(self, deployment: dict[str, Any]) -> None:
+        """The first line: which deployment, of what, on how many nodes."""
+        if self._verbose < 2:
+            return
+        env = deployment.get("environment") or {}
+        version = env.get("version")
+        name = f"{env.get('name')}" + (f" version {version}" if version is not None else "")
+        if env.get("anonymous"):
+            name += " (anonymous)"
+        self._line(
+            f"Deployment {deployment.get('id')} of {name} on {self._total} "
+            f"node{'s' if self._total != 1 else ''} (user {deployment.get('user')})"
+        )
+
+    def state(self, event: dict[str, Any]) -> None:
+        """A node entered a state."""
+        node, state = str(event.get("node")), str(event.get("state"))
+        self._elapsed = max(self._elapsed, float(event.get("at") or 0.0) - self._origin)
+        previous = self._states.get(node)
+        self._states[node] = state
+        self._last[node] = event
+        if previous == state and state not in FAILURE:
+            return
+        if state in FAILURE and self._verbose >= 2:
+            step = event.get("macrostep")
+            where = f" in {step}" if step else ""
+            message = event.get("message") or ""
+            self._event_line(f"{node} {state.upper()}{where}" + (f": {message}" if message else ""))
+        elif self._verbose >= 4:
+            detail = [d for d in (event.get("macrostep"), event.get("variant")) if d]
+            attempt = event.get("attempt")
+            extra = "/".join(str(d) for d in detail)
+            if attempt and int(attempt) > 1:
+                extra += f", attempt {attempt}"
+            self._event_line(f"{node} -> {state}" + (f" ({extra})" if extra else ""))
+        self._counts_changed(state)
+
+    def log(self, event: dict[str, Any]) -> None:
+        """A line of a node's log (verbose level 5)."""
+        if self._verbose >= 5:
+            text = str(event.get("text", "")).rstrip("\n")
+            self._event_line(f"{event.get('node')} [{event.get('stream')}] {text}")
+
+    def close(self) -> None:
+        """Leave the last block on screen."""
+        self._block = 0
+
+    def all_final(self) -> bool:
+        """Whether every node reached a final state in the events seen."""
+        return bool(self._states) and all(
+            s in SUCCESS or s in FAILURE for s in self._states.values()
+        )
+
+    def outcomes(self) -> list[NodeOutcome]:
+        """The nodes' outcomes as the events told them (when the server is gone)."""
+        results = []
+        for node, state in self._states.items():
+            event = self._last.get(node, {})
+            failed = state not in SUCCESS
+            results.append(
+                NodeOutcome(
+                    node=node,
+                    state=state,
+                    step=event.get("macrostep") if failed else None,
+                    reason=(event.get("message") or None) if failed else None,
+                )
+            )
+        return results
+
+    # ------------------------------------------------------------ rendering
+
+    def counts(self) -> Counter[str]:
+        """How many nodes are in each state."""
+        return Counter(self._states.values())
+
+    def _counts_changed(self, state: str) -> None:
+        if self._verbose < 3:
+            return
+        counts = self.counts()
+        if self._tty:
+            self._redraw(counts)
+        elif counts[state] != self._last_counts[state]:
+            self._line(f"[{self._elapsed:7.1f}s] {self._step_text(state, counts[state])}")
+        self._last_counts = counts
+
+    def _step_text(self, state: str, count: int) -> str:
+        if state in SUCCESS:
+            return f"{state:<14} {count}/{self._total} nodes"
+        return f"{state:<14} {count} node{'s' if count != 1 else ''}"
+
+    def _block_lines(self, counts: Counter[str]) -> list[str]:
+        known = [s for s in STEPS if counts[s]]
+        other = sorted(s for s in counts if s not in STEPS and counts[s])
+        lines = [f"  {self._step_text(s, counts[s])}" for s in (*known, *other)]
+        return [*lines, f"  [{self._elapsed:7.1f}s]"]
+
+    def _redraw(self, counts: Counter[str]) -> None:
+        self._erase()
+        lines = self._block_lines(counts)
+        for line in lines:
+            self._stream.write(line + "\n")
+        self._stream.flush()
+        self._block = len(lines)
+
+    def _erase(self) -> None:
+        if self._tty and self._block:
+            self._stream.write(f"\x1b[{self._block}F\x1b[J")
+            self._block = 0
+
+    def _event_line(self, text: str) -> None:
+        self._line(f"[{self._elapsed:7.1f}s] {text}")
+
+    def _line(self, text: str) -> None:
+        if self._tty and self._block:
+            self._erase()
+            self._stream.write(text + "\n")
+            self._redraw(self.counts())
+            return
+        self._stream.write(text + "\n")
+        self._stream.flush()
+
+
+def summary_lines(deployment: dict[str, Any], results: Sequence[NodeOutcome]) -> list[str]:
+    """The final summary: the outcome, then the deployed and the failed nodes (one per line,
+    ready to copy into a nodefile), each failed one with its step and reason."""
+    deployed = [r for r in results if r.deployed]
+    failed = [r for r in results if not r.deployed]
+    created = float(deployment.get("created_at") or 0.0)
+    finished = deployment.get("finished_at")
+    took = f" in {float(finished) - created:.1f} s" if finished is not None else ""
+    status = deployment.get("status")
+    reason = deployment.get("reason") or ""
+    lines = [
+        f"Deployment {deployment.get('id')} {status}{took}: {len(deployed)}/{len(results)} "
+        f"nodes deployed" + (f" ({reason})" if reason and status != "succeeded" else "")
+    ]
+    if deployed:
+        lines.append(f"The deployment is successful on {_nodes(len(deployed))}:")
+        lines += [f"  {r.node}" for r in deployed]
+    if failed:
+        lines.append(f"The deployment failed on {_nodes(len(failed))}:")
+        width = max(len(r.node) for r in failed)
+        for r in failed:
+            why = f"{r.step}: " if r.step else ""
+            lines.append(f"  {r.node:<{width}}  {r.state}: {why}{r.reason or 'no reason recorded'}")
+    return lines
+
+
+def _nodes(count: int) -> str:
+    return f"{count} node{'s' if count != 1 else ''}"
+
+
+def exit_code(deployment: dict[str, Any], results: Sequence[NodeOutcome]) -> int:
+    """0 all deployed or min nodes reached, 1 some failed, 4 none deployed."""
+    deployed = sum(1 for r in results if r.deployed)
+    if deployment.get("status") == "succeeded" or (results and deployed == len(results)):
+        return 0
+    return 1 if deployed else 4

@@ -1,0 +1,93 @@
+"""Pure logic of the tools: progress rendering, summaries, exit codes, addresses, SSE parsing."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from kadeploy_cli.client import ServerAddress, _parse_sse, parse_address
+from kadeploy_cli.errors import UsageProblem
+from kadeploy_cli.output import NodeOutcome, Progress, exit_code, summary_lines
+
+DEPLOYMENT = {"id": "d1", "created_at": 100.0, "node_count": 2, "user": "alice",
+              "environment": {"name": "tiny", "version": 1, "anonymous": False}}  # fmt: skip
+
+
+def event(node: str, state: str, at: float, **extra: object) -> dict[str, object]:
+    return {"node": node, "state": state, "at": at, **extra}
+
+
+def test_on_a_terminal_the_step_block_is_rewritten_in_place() -> None:
+    out = io.StringIO()
+    progress = Progress(DEPLOYMENT, ["n-1", "n-2"], verbose=3, stream=out, tty=True)
+    progress.state(event("n-1", "transferring", 101.0))
+    progress.state(event("n-2", "transferring", 101.5))
+    text = out.getvalue()
+    assert "\x1b[3F\x1b[J" in text  # the previous 3-line block erased before the new one
+    last_block = text.rsplit("\x1b[J", 1)[1]
+    assert last_block == "  transferring   2 nodes\n  [    1.5s]\n"
+
+
+def test_failures_are_printed_as_they_happen_above_the_block() -> None:
+    out = io.StringIO()
+    progress = Progress(DEPLOYMENT, ["n-1", "n-2"], verbose=3, stream=out, tty=False)
+    progress.state(event("n-1", "deploy_failed", 102.0, macrostep="BootNewEnv",
+                         message="ssh timed out"))  # fmt: skip
+    progress.state(event("n-2", "deployed", 103.0))
+    assert out.getvalue().splitlines() == [
+        "[    2.0s] n-1 DEPLOY_FAILED in BootNewEnv: ssh timed out",
+        "[    2.0s] deploy_failed  1 node",
+        "[    3.0s] deployed       1/2 nodes",
+    ]
+    assert progress.all_final()
+
+
+def test_verbose_0_prints_nothing() -> None:
+    out = io.StringIO()
+    progress = Progress(DEPLOYMENT, ["n-1"], verbose=0, stream=out, tty=False)
+    progress.header(DEPLOYMENT)
+    progress.state(event("n-1", "deploy_failed", 102.0))
+    assert out.getvalue() == ""
+
+
+def test_summary_and_exit_codes() -> None:
+    ok = NodeOutcome("n-1", "deployed", None, None)
+    ko = NodeOutcome("n-2", "deploy_failed", "BootNewEnv", "ssh timed out")
+    finished = {**DEPLOYMENT, "status": "failed", "finished_at": 110.0, "reason": "1 failed"}
+    lines = summary_lines(finished, [ok, ko])
+    assert lines[0] == "Deployment d1 failed in 10.0 s: 1/2 nodes deployed (1 failed)"
+    assert "  n-2  deploy_failed: BootNewEnv: ssh timed out" in lines
+    assert exit_code(finished, [ok, ko]) == 1
+    assert exit_code(finished, [ko]) == 4
+    assert exit_code({"status": "succeeded"}, [ok, ko]) == 0  # min nodes reached
+    assert exit_code({"status": "succeeded"}, [ok]) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/run/k.sock", ServerAddress(socket=Path("/run/k.sock"))),
+        ("unix:/run/k.sock", ServerAddress(socket=Path("/run/k.sock"))),
+        ("http://h:25300/", ServerAddress(url="http://h:25300")),
+        ("h:25300", ServerAddress(url="http://h:25300")),
+    ],
+)
+def test_server_addresses(text: str, expected: ServerAddress) -> None:
+    assert parse_address(text) == expected
+
+
+def test_a_bad_server_address_says_what_is_valid() -> None:
+    with pytest.raises(UsageProblem, match="expected a socket path"):
+        parse_address("nowhere")
+
+
+def test_server_sent_events_are_parsed() -> None:
+    lines = iter(["id: 4", "event: state", 'data: {"node": "n-1"}', "", ": keepalive", "",
+                  "event: end", 'data: {"status": "succeeded"}', ""])  # fmt: skip
+    events = list(_parse_sse(lines))
+    assert [(e.kind, e.id, e.data) for e in events] == [
+        ("state", "4", {"node": "n-1"}),
+        ("end", None, {"status": "succeeded"}),
+    ]

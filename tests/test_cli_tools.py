@@ -1,0 +1,177 @@
+"""kaenv, karights, kastat, kanodes, kapower and kareboot as installed subprocesses against a
+server started with `kadeploy-server start`; kapower drives a real IPMI BMC with ipmitool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cli_fixtures import SLOW_NODE, CliServer, cli_server, json_of
+from daemon_fixtures import make_tar_environment, wait_until
+
+__all__ = ["cli_server"]
+
+
+def test_kaenv_add_list_print_set_visibility_delete(cli_server: CliServer, tmp_path: Path) -> None:
+    description = make_tar_environment(tmp_path, name="mine")
+    added = cli_server.run("kaenv", "add", str(description))
+    assert added.returncode == 0, added.stderr
+    assert "environment mine version 1 of alice registered (private)" in added.stdout
+
+    second = description.read_text().replace("version: 1", "version: 2")
+    description.write_text(second)
+    assert cli_server.run("kaenv", "add", str(description)).returncode == 0
+
+    listed = cli_server.run("kaenv", "list", "--json")
+    names = {(e["name"], e["version"], e["owner"]) for e in json_of(listed)}
+    assert ("mine", 2, "alice") in names
+    assert ("mine", 1, "alice") not in names
+    assert ("tiny", 1, "root") in names  # public
+    every = cli_server.run("kaenv", "list", "--all-versions")
+    assert "mine  1" in every.stdout and "mine  2" in every.stdout
+
+    shown = cli_server.run("kaenv", "print", "mine", "--env-version", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert "file: mine.tar.zst" in shown.stdout
+    assert "version: 1" in shown.stdout
+
+    # Bob does not see a private environment; a shared one he sees when he names alice.
+    assert cli_server.run("kaenv", "print", "mine", "-u", "alice", user="bob").returncode == 2
+    shared = cli_server.run("kaenv", "set-visibility", "mine", "shared")
+    assert shared.returncode == 0, shared.stderr
+    assert "is shared" in shared.stdout
+    assert cli_server.run("kaenv", "print", "mine", "-u", "alice", user="bob").returncode == 0
+    public = cli_server.run("kaenv", "set-visibility", "mine", "public")
+    assert public.returncode == 2
+    assert "only administrators make environments public" in public.stderr
+
+    deployed = cli_server.run("kadeploy", "-m", "n-3", "-e", "mine", "--env-version", "1")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    for version in ("2", "1"):
+        gone = cli_server.run("kaenv", "delete", "mine", "--env-version", version)
+        assert gone.returncode == 0, gone.stderr
+    assert "mine" not in cli_server.run("kaenv", "list").stdout
+    missing = cli_server.run("kaenv", "delete", "mine")
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stderr
+
+
+def test_kaenv_add_reports_a_broken_description_with_its_line(
+    cli_server: CliServer, tmp_path: Path
+) -> None:
+    description = make_tar_environment(tmp_path, name="oops")
+    description.write_text(description.read_text().replace("os: linux", "os: linux\nfoo: 1"))
+    result = cli_server.run("kaenv", "add", str(description))
+    assert result.returncode == 2
+    assert f"{description}:4: foo: unknown key" in result.stderr
+
+
+def test_karights_admins_grant_users_list_theirs(cli_server: CliServer) -> None:
+    refused = cli_server.run("karights", "add", "-u", "bob", "-m", "n-1")
+    assert refused.returncode == 2
+    assert "only administrators" in refused.stderr
+
+    granted = cli_server.run(
+        "karights", "add", "-u", "bob", "-m", "n-[1-2]", "-p", "2", user="root"
+    )
+    assert granted.returncode == 0, granted.stderr
+    assert "2 rights granted to bob" in granted.stdout
+    mine = cli_server.run("karights", "list", "--json", user="bob")
+    assert json_of(mine) == [
+        {"user": "bob", "node": "n-1", "partition": "2"},
+        {"user": "bob", "node": "n-2", "partition": "2"},
+    ]
+    assert cli_server.run("karights", "list", "-u", "alice", user="bob").returncode == 2
+
+    unknown = cli_server.run("karights", "add", "-u", "bob", "-m", "n-99", user="root")
+    assert unknown.returncode == 2
+    assert "unknown node n-99" in unknown.stderr
+
+    removed = cli_server.run("karights", "remove", "-u", "bob", user="root")
+    assert removed.returncode == 0, removed.stderr
+    assert "2 rights of bob revoked" in removed.stdout
+    assert json_of(cli_server.run("karights", "list", "--json", user="bob")) == []
+
+
+def test_kanodes_and_kastat_after_deployments(cli_server: CliServer) -> None:
+    assert cli_server.run("kadeploy", "-m", "n-1,n-2", "-e", "tiny").returncode == 0
+    nodes = json_of(cli_server.run("kanodes", "-m", "n-[1-2]", "--json"))
+    assert [n["name"] for n in nodes] == ["n-1", "n-2"]
+    assert all(n["state"] == "deployed" and n["owner"] == "alice" for n in nodes)
+    assert nodes[0]["environment"] == {"name": "tiny", "version": 1, "anonymous": False}
+    table = cli_server.run("kanodes")
+    assert table.returncode == 0
+    assert "tiny:1" in table.stdout
+    unknown = cli_server.run("kanodes", "-m", "n-7")
+    assert unknown.returncode == 2
+    assert "unknown node n-7" in unknown.stderr
+
+    stats = json_of(cli_server.run("kastat", "-m", "n-1", "--json"))
+    assert [s["node"] for s in stats["nodes"]] == ["n-1"]
+    assert stats["nodes"][0]["deployed"] >= 1
+    assert stats["nodes"][0]["success_rate"] == 1.0
+    assert {"deploy_env", "transferring", "booting"} <= {d["state"] for d in stats["steps"]}
+    printed = cli_server.run("kastat", "-e", "tiny", "--date-min", "2000-01-01")
+    assert printed.returncode == 0, printed.stderr
+    assert "n-1" in printed.stdout and "100%" in printed.stdout
+    none = json_of(cli_server.run("kastat", "--date-max", "2000-01-01", "--json"))
+    assert none["nodes"] == []
+    bad = cli_server.run("kastat", "--date-min", "yesterday")
+    assert bad.returncode == 2
+    assert "cannot read the date 'yesterday'" in bad.stderr
+
+
+def test_kapower_and_kareboot_through_a_real_bmc(cli_server: CliServer) -> None:
+    status = cli_server.run("kapower", "-m", "n-1", "--status")
+    assert (status.returncode, status.stdout.strip()) == (0, "n-1  power is on"), status.stderr
+    off = cli_server.run("kapower", "-m", "n-1", "--off")
+    assert off.returncode == 0, off.stdout + off.stderr
+    status = json_of(cli_server.run("kapower", "-m", "n-1", "--status", "--json"))
+    assert status[0]["power_state"] == "off"
+    assert cli_server.run("kapower", "-m", "n-1", "--on").returncode == 0
+    hard = cli_server.run("kareboot", "-m", "n-1", "-l", "hard")
+    assert hard.returncode == 0, hard.stdout + hard.stderr
+    assert "hard reboot succeeded" in hard.stdout
+    assert cli_server.chassis.actions[-3:] == ["off", "on", "cycle"]
+
+    # n-2 has no power_off command: it fails, n-1 succeeds; exit 1 and the node files say so.
+    mixed = cli_server.run("kapower", "-m", "n-1,n-2", "--off", "-o", "ok", "-n", "ko")
+    assert mixed.returncode == 1
+    assert "n-2  FAILED: node n-2: no power off command is configured" in mixed.stdout
+    assert (cli_server.home / "ok").read_text() == "n-1\n"
+    assert (cli_server.home / "ko").read_text() == "n-2\n"
+    assert cli_server.run("kapower", "-m", "n-1", "--on").returncode == 0
+
+
+def test_kapower_and_kareboot_refusals(cli_server: CliServer) -> None:
+    no_right = cli_server.run("kapower", "-m", "n-1", "--status", user="bob")
+    assert no_right.returncode == 2
+    assert "no right to power status n-1" in no_right.stderr
+    kind = cli_server.run("kareboot", "-m", "n-1", "-r", "deploy_env")
+    assert kind.returncode == 2
+    assert "reboot kind deploy_env is not supported yet" in kind.stderr
+    what = cli_server.run("kapower", "-m", "n-1")
+    assert what.returncode == 2
+    assert "--on, --off or --status" in what.stderr
+    unknown = cli_server.run("kareboot", "-m", "n-1,n-12")
+    assert unknown.returncode == 2
+    assert "-m: unknown node n-12" in unknown.stderr
+
+
+def test_kapower_refuses_a_node_in_a_running_deployment_unless_forced(
+    cli_server: CliServer,
+) -> None:
+    started = json_of(
+        cli_server.run("kadeploy", "-m", SLOW_NODE, "-e", "tiny", "--no-wait", "--json")
+    )
+    ident = started["deployment"]["id"]
+    try:
+        busy = cli_server.run("kareboot", "-m", SLOW_NODE)
+        assert busy.returncode == 2
+        assert f"{SLOW_NODE} in a running deployment; use force" in busy.stderr
+    finally:
+        with cli_server.api("alice") as alice:
+            alice.post(f"/v1/deployments/{ident}/cancel")
+        wait_until(
+            lambda: not cli_server.running_deployments(), 30, "the deployment to be cancelled"
+        )
