@@ -80,7 +80,10 @@ def deploy_conf(layout: Layout, tftp_host: str, tftp_port: int) -> dict[str, Any
         "automata": {
             "macrosteps": {
                 "SetDeploymentEnv": [{"type": "untrusted", "retries": 2, "timeout": 120}],
-                "BroadcastEnv": [{"type": "direct", "retries": 2, "timeout": "120 + 10 * n"}],
+                "BroadcastEnv": [
+                    {"type": "chain", "retries": 2, "timeout": "120 + 10 * n"},
+                    {"type": "direct", "retries": 1, "timeout": "120 + 30 * n"},
+                ],
                 "BootNewEnv": [
                     {"type": "classical", "retries": 1, "timeout": 120},
                     {"type": "hard_reboot", "retries": 1, "timeout": 120},

@@ -119,6 +119,9 @@ def _prepare(spec: dict[str, Any]) -> None:
     for target in _power_targets():
         _bind_file(power, target)
     _mount("-t", "tmpfs", "-o", "mode=1777", "kdtb-tmp", "/tmp")  # noqa: S108 - the node's own /tmp
+    # The node's own root home, as on a real machine: the host's /root (its shell profile,
+    # e.g. a pyenv shim shadowing the system python3) is not the node's.
+    _mount("-t", "tmpfs", "-o", "mode=0700", "kdtb-root-home", "/root")
 
     chroot = spec.get("chroot_partition")
     if chroot:

@@ -15,9 +15,13 @@ database), so a bad start-up fails at once with a clear message and exit status 
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,12 @@ from kadeployd.actors import directory
 from kadeployd.actors.config_actor import ConfigActor
 from kadeployd.actors.directory import CONFIG, NODES, PXE, REBOOT, STORE
 from kadeployd.actors.node_supervisor import NodeSupervisor
-from kadeployd.config import Config, load_config
+from kadeployd.config import Config, Node, load_config
 from kadeployd.errors import KadeployError
 from kadeployd.pxe.actor import PxeActor
 from kadeployd.reboot.actor import RebootActor
+from kadeployd.reboot.jobs import RebootResult, not_run
+from kadeployd.reboot.levels import PowerAction, RebootLevel
 from kadeployd.store.actor import StoreActor
 from kadeployd.store.connection import database_path
 from kadeployd.store.reader import StoreReader
@@ -44,6 +50,15 @@ CALL_TIMEOUT = 30.0
 ABORT_TIMEOUT = 30.0
 """Seconds running deployments get to record their nodes aborted when the daemon stops."""
 STOPPING = "daemon stopping"
+POWER_MARGIN = 10.0
+"""Seconds beyond the command timeouts that a power or reboot request of the API waits."""
+CANCEL_GRACE = 10.0
+"""Seconds a timed-out power request's commands get to answer their cancellation."""
+
+
+def _cancel(proxy: pykka.ActorProxy[Any], request_id: str) -> pykka.Future[Any]:
+    future: pykka.Future[Any] = proxy.cancel(request_id)
+    return future
 
 
 class _Tree:
@@ -135,6 +150,71 @@ class Daemon:
             self._tree, NODES, lambda n: n.cancel(deployment_id, reason)
         )
         return cancelled
+
+    def power(self, nodes: Sequence[Node], action: PowerAction) -> list[RebootResult]:
+        """Run ``action`` (on, off, status) on ``nodes`` through the RebootActor and wait for
+        every answer (bounded); one result per node, in order. Called from an API thread."""
+        return self._power_requests(nodes, PowerAction(action))
+
+    def reboot(self, nodes: Sequence[Node], level: RebootLevel) -> list[RebootResult]:
+        """Reboot ``nodes`` at ``level`` (or the next configured one) and wait for every answer
+        (bounded); one result per node, in order. Called from an API thread."""
+        return self._power_requests(nodes, RebootLevel(level))
+
+    def power_wait(self, nodes: Sequence[Node]) -> float:
+        """How long :meth:`power` waits for ``nodes``: their longest command timeout per batch
+        of the reboot window, the pauses between batches, and a margin."""
+        settings = self.config.daemon
+        batches = math.ceil(len(nodes) / settings.reboot_window) if nodes else 0
+        longest = max((float(n.settings.power.command_timeout) for n in nodes), default=0.0)
+        pauses = max(batches - 1, 0) * settings.reboot_window_sleep
+        return batches * longest + pauses + POWER_MARGIN
+
+    def _power_requests(
+        self, nodes: Sequence[Node], operation: PowerAction | RebootLevel
+    ) -> list[RebootResult]:
+        """Submit one request per node, then wait on an Event (in the caller's thread, never in
+        an actor) until every result is in; requests unanswered at the deadline are cancelled
+        and reported as such."""
+        if not nodes:
+            return []
+        batch = uuid.uuid4().hex[:12]
+        ids = {node.name: f"api-{batch}/{node.name}" for node in nodes}
+        results: dict[str, RebootResult] = {}
+        lock = threading.Lock()
+        done = threading.Event()
+
+        def reply(result: RebootResult) -> None:  # a worker or the actor's thread: no blocking
+            with lock:
+                results[result.node.name] = result
+                if len(results) == len(ids):
+                    done.set()
+
+        def submit(proxy: pykka.ActorProxy[Any], node: Node) -> pykka.Future[Any]:
+            if isinstance(operation, PowerAction):
+                future: pykka.Future[Any] = proxy.power(ids[node.name], node, operation, reply)
+            else:
+                future = proxy.reboot(ids[node.name], node, operation, reply)
+            return future
+
+        wait = self.power_wait(nodes)
+        for node in nodes:
+            directory.call(self._tree, REBOOT, functools.partial(submit, node=node), CALL_TIMEOUT)
+        if not done.wait(wait):
+            with lock:
+                missing = [ids[n.name] for n in nodes if n.name not in results]
+            for request_id in missing:
+                logger.warning("request %s: no answer in %.0f s: cancelling", request_id, wait)
+                directory.call(
+                    self._tree, REBOOT, functools.partial(_cancel, request_id=request_id)
+                )
+            done.wait(CANCEL_GRACE)
+        with lock:
+            return [
+                results.get(node.name)
+                or not_run(ids[node.name], node, operation, f"no answer within {wait:.0f} s")
+                for node in nodes
+            ]
 
     def reload(self) -> Config:
         """Re-read the configuration (SIGHUP); running deployments keep the one they started

@@ -20,8 +20,11 @@ from typing import Any
 import pykka
 
 from kadeployd.actors import directory
+from kadeployd.actors.chain_rounds import ChainRounds
+from kadeployd.actors.chain_transfer import ChainTransfer
 from kadeployd.actors.directory import Directory
 from kadeployd.actors.node import NodeActor
+from kadeployd.chain import ChainResult, Hop
 from kadeployd.config import Config
 from kadeployd.environment import ImageKind, read_boot_files
 from kadeployd.errors import KadeployError
@@ -43,6 +46,11 @@ class DeploymentOutcome:
     verdict: Verdict
     reason: str
     nodes: dict[str, NodeState]
+
+
+@dataclass(frozen=True, slots=True)
+class _GatherOver:
+    """The forming chain round waited its gather window: start it with the ready nodes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +78,9 @@ class DeploymentManager(pykka.ThreadingActor):
         self._nodes: dict[str, pykka.ActorRef[Any]] = {}
         self._decided: tuple[Verdict, str] | None = None
         self._slots = threading.BoundedSemaphore(config.daemon.direct_transfer_window)
+        self._rounds = ChainRounds(job.nodes)
+        self._chain: pykka.ActorRef[Any] | None = None
+        self._gather_timer: threading.Timer | None = None
 
     # ------------------------------------------------------------ message API
 
@@ -83,14 +94,39 @@ class DeploymentManager(pykka.ThreadingActor):
         """A node actor reached a final state (told by the node)."""
         self._tally.record(node, state)
         self._nodes.pop(node, None)
+        self._rounds.leave(node)
         self._decide()
+        self._maybe_start_round()
 
     def cancel(self, reason: str = "cancelled by user") -> None:
         """Abort every node still working; the deployment ends ``aborted``."""
         if self._decided is None:
             self._decided = (Verdict.ABORTED, reason)
+        if self._chain is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._chain.proxy().cancel()
         self._abort_all(reason)
         self._maybe_end()
+
+    def chain_secret(self) -> bytes:
+        """The secret of the chain round now forming (asked by a node before its relay starts)."""
+        return self._rounds.secret
+
+    def chain_ready(self, node: str, hop: Hop, reply: Callable[[str | None], None]) -> None:
+        """A node's relay listens at ``hop``; ``reply(None | why it failed)`` after the round."""
+        self._rounds.ready(node, hop, reply)
+        self._maybe_start_round()
+
+    def chain_leave(self, node: str) -> None:
+        """A node's attempt ended before its round started (timeout, abort)."""
+        self._rounds.leave(node)
+        self._maybe_start_round()
+
+    def chain_done(self, result: ChainResult | None, error: str | None) -> None:
+        """The round's ChainTransfer finished: tell each node its verdict."""
+        self._chain = None
+        self._rounds.finish(result, error)
+        self._maybe_start_round()
 
     @property
     def job(self) -> DeploymentJob:
@@ -102,12 +138,18 @@ class DeploymentManager(pykka.ThreadingActor):
         return {node: state.value for node, state in self._tally.finished.items()}
 
     def on_receive(self, message: Any) -> Any:
-        """The prepared boot files, from the worker thread."""
-        if isinstance(message, _Prepared):
-            self._prepared(message)
+        """The prepared boot files (worker thread); the end of a gather window (timer)."""
+        match message:
+            case _Prepared():
+                self._prepared(message)
+            case _GatherOver():
+                self._gather_timer = None
+                self._maybe_start_round(window_over=True)
 
     def on_stop(self) -> None:
         """Stop node actors still alive (shutdown)."""
+        if self._gather_timer is not None:
+            self._gather_timer.cancel()
         self._abort_all("daemon stopping")
 
     # ------------------------------------------------------------ internals
@@ -157,6 +199,28 @@ class DeploymentManager(pykka.ThreadingActor):
             self._nodes[name] = ref
         for ref in self._nodes.values():
             ref.proxy().start_deployment()
+
+    def _maybe_start_round(self, window_over: bool = False) -> None:
+        if self._chain is not None or self._decided is not None:
+            return
+        if self._rounds.forming and self._gather_timer is None:
+            self._gather_timer = threading.Timer(
+                self._config.daemon.chain_gather_window, self._tell_self, args=(_GatherOver(),)
+            )
+            self._gather_timer.daemon = True
+            self._gather_timer.start()
+        hops = self._rounds.start_if_complete(self._tally.unfinished, window_over=window_over)
+        if hops:
+            if self._gather_timer is not None:
+                self._gather_timer.cancel()
+                self._gather_timer = None
+            self._chain = ChainTransfer.start(
+                self._job.image, hops, self._rounds.running_secret, self.actor_ref.proxy()
+            )
+
+    def _tell_self(self, message: object) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # the deployment ended meanwhile
+            self.actor_ref.tell(message)
 
     def _fail_unstarted(self, node: str, state: NodeState, message: str) -> None:
         step = "prepare" if state == NodeState.DEPLOY_FAILED else None

@@ -103,7 +103,7 @@ class NodeActor(pykka.ThreadingActor):
         self._services = services
         self._manager = manager
         self._plan = Plan(node.settings.automata.macrosteps)
-        self._node_services = NodeServicesImpl(job, node, services, transfer_slots)
+        self._node_services = NodeServicesImpl(job, node, services, transfer_slots, manager)
         self._state = NodeState.PENDING
         self._tokens = 0
         self._attempt: _Attempt | None = None

@@ -12,11 +12,13 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 from kadeployd.actors import directory
 from kadeployd.actors.directory import Directory
 from kadeployd.adapters.hostkey import fetch_host_key
 from kadeployd.adapters.ssh import SshConnection, SshTarget, probe
+from kadeployd.chain import Hop
 from kadeployd.config import Node
 from kadeployd.pxe.profiles import BootTarget
 from kadeployd.reboot.jobs import RebootResult
@@ -33,6 +35,7 @@ from kadeployd.workflow.job import DeploymentJob
 logger = logging.getLogger(__name__)
 
 PXE_TIMEOUT = 10.0
+MANAGER_TIMEOUT = 10.0
 REBOOT_RESUBMISSIONS = 3
 REBOOT_QUEUE_ALLOWANCE = 3600.0
 """Upper bound of a reboot request's wait in the reboot window queue; the variant's timeout
@@ -48,11 +51,14 @@ class NodeServicesImpl:
         node: Node,
         services: Directory,
         transfer_slots: threading.Semaphore,
+        manager: Any,
     ) -> None:
         self._job = job
         self._node = node
         self._services = services
         self._slots = transfer_slots
+        self._manager = manager
+        self._verdict: tuple[threading.Event, list[str | None]] | None = None
         self._target = SshTarget.from_node(node)
         self._connection: SshConnection | None = None
         self._lock = threading.Lock()
@@ -148,6 +154,39 @@ class NodeServicesImpl:
             connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+    def chain_secret(self) -> bytes:
+        """The forming round's secret, from the deployment's manager."""
+        secret: bytes = self._manager.chain_secret().get(timeout=MANAGER_TIMEOUT)
+        return secret
+
+    def chain_join(self, port: int) -> None:
+        """Tell the manager this node's relay listens (called from the SSH reader thread)."""
+        done = threading.Event()
+        box: list[str | None] = []
+        self._verdict = (done, box)
+
+        def reply(verdict: str | None) -> None:
+            box.append(verdict)
+            done.set()
+
+        self._manager.chain_ready(self._node.name, Hop(self._node.address, port), reply)
+
+    def chain_verdict(self, cancelled: CancelToken) -> str | None:
+        """Wait for the round's verdict; leave the round if the attempt is cancelled."""
+        if self._verdict is None:
+            return "the relay never reported that it listens"
+        done, box = self._verdict
+        unregister = cancelled.on_cancel(done.set)
+        try:
+            done.wait(REBOOT_QUEUE_ALLOWANCE)
+        finally:
+            unregister()
+            self._verdict = None
+        if cancelled.is_set() and not box:
+            self._manager.chain_leave(self._node.name)
+            raise StepCancelled(cancelled.reason)
+        return box[0] if box else "no verdict from the chain broadcast"
 
     @contextlib.contextmanager
     def broadcast_slot(self, cancelled: CancelToken) -> Iterator[None]:

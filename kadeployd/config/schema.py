@@ -41,7 +41,7 @@ class Macrostep(StrEnum):
 
 VARIANTS: dict[Macrostep, tuple[str, ...]] = {
     Macrostep.SET_DEPLOYMENT_ENV: ("untrusted", "prod", "dummy"),
-    Macrostep.BROADCAST_ENV: ("direct", "dummy"),
+    Macrostep.BROADCAST_ENV: ("chain", "direct", "dummy"),
     Macrostep.BOOT_NEW_ENV: ("classical", "hard_reboot", "dummy"),
 }
 """Implemented variants of each macrostep; a config naming another one is rejected."""
@@ -227,6 +227,9 @@ class DaemonSettings(Frozen):
     reboot_window_sleep: Annotated[float, Field(ge=0)] = 0
     direct_transfer_window: Annotated[int, Field(ge=1)] = 4
     """Nodes one deployment streams its image to at once with the ``direct`` broadcast."""
+    chain_gather_window: Annotated[float, Field(gt=0)] = 30
+    """Seconds nodes ready for a ``chain`` broadcast wait for the others still setting up
+    their deploy env; nodes arriving later go in a later, smaller chain."""
     almighty_users: tuple[str, ...] = ("root",)
     max_upload_mib: Annotated[int, Field(ge=1)] = 4096
 

@@ -71,6 +71,18 @@ class NodeServices(Protocol):
         """The node's SSH host key fingerprint, without logging in; None if unreachable."""
         ...
 
+    def chain_secret(self) -> bytes:
+        """The secret of the chain round this node is about to join."""
+        ...
+
+    def chain_join(self, port: int) -> None:
+        """Report this node's relay listening on ``port``: it joins the forming round."""
+        ...
+
+    def chain_verdict(self, cancelled: CancelToken) -> str | None:
+        """Wait for the round's verdict on this node: None if it got a correct image."""
+        ...
+
     def broadcast_slot(self, cancelled: CancelToken) -> AbstractContextManager[None]:
         """Hold one of the deployment's direct-transfer slots (bounded concurrency)."""
         ...

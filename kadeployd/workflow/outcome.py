@@ -1,5 +1,9 @@
 """When a deployment is over: all nodes finished, or ``min_nodes`` reached or out of reach.
 
+Without ``min_nodes`` every node goes to its end (deployed or failed) and the deployment
+succeeds only if all are deployed; with it, the deployment ends as soon as the outcome is
+certain and the nodes still working are aborted.
+
 Pure logic fed with each node's final state by the DeploymentManager.
 """
 
@@ -50,16 +54,18 @@ class Tally:
 
     def verdict(self) -> tuple[Verdict, str]:
         """The deployment's status now, and why."""
-        goal = self.min_nodes or len(self.nodes)
-        possible = self.deployed + len(self.unfinished)
-        if self.min_nodes is not None and self.deployed >= self.min_nodes and self.unfinished:
-            return Verdict.SUCCEEDED, f"min nodes reached ({self.deployed}/{self.min_nodes})"
-        if possible < goal:
-            failed = len(self.nodes) - possible
-            return Verdict.FAILED, (
-                f"{goal} deployed nodes needed, at most {possible} possible "
-                f"({failed} node{'s' if failed > 1 else ''} failed)"
-            )
+        if self.min_nodes is not None:
+            possible = self.deployed + len(self.unfinished)
+            if self.deployed >= self.min_nodes and self.unfinished:
+                return Verdict.SUCCEEDED, f"min nodes reached ({self.deployed}/{self.min_nodes})"
+            if possible < self.min_nodes:
+                failed = len(self.nodes) - possible
+                return Verdict.FAILED, (
+                    f"{self.min_nodes} deployed nodes needed, at most {possible} possible "
+                    f"({failed} node{'s' if failed > 1 else ''} failed)"
+                )
         if self.unfinished:
-            return Verdict.RUNNING, ""
-        return Verdict.SUCCEEDED, f"{self.deployed}/{len(self.nodes)} nodes deployed"
+            return Verdict.RUNNING, ""  # without min_nodes, every node goes to its end
+        summary = f"{self.deployed}/{len(self.nodes)} nodes deployed"
+        goal = self.min_nodes or len(self.nodes)
+        return (Verdict.SUCCEEDED if self.deployed >= goal else Verdict.FAILED), summary

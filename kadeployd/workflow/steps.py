@@ -7,8 +7,10 @@ configuration or from an environment description is quoted with :func:`shlex.quo
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 
+from kadeployd.chain import ReportError, parse_report, relay_arguments, relay_source
 from kadeployd.environment import Compression, ImageKind, ScriptArchive
 from kadeployd.pxe.profiles import ChainPartition, DeployKernel, NetworkKernel
 from kadeployd.reboot.levels import RebootLevel, escalate
@@ -140,24 +142,70 @@ def mount_deploy_partition(ctx: StepContext) -> None:
     )
 
 
-def send_image_direct(ctx: StepContext) -> None:
-    """Stream the image from the server to this node over SSH, decompressing on the node."""
+def _image_writer(ctx: StepContext) -> str:
+    """The pipeline that writes the image stream read on stdin: decompressed and extracted
+    into the mounted deploy partition (tar; mounted here first) or raw onto the partition
+    (dd; mounted by :func:`_mount_raw_image` once written)."""
     environment = ctx.job.environment
     decompress = _DECOMPRESS[environment.image.compression]
     if environment.image.kind == ImageKind.TAR:
         mount_deploy_partition(ctx)
-        writer = f"tar -x --numeric-owner -C {_MNT}"
-    else:
-        writer = f"dd of={shlex.quote(ctx.deploy_device)} bs=4M conv=fsync status=none"
+        return f"{decompress} | tar -x --numeric-owner -C {_MNT}"
+    device = shlex.quote(ctx.deploy_device)
+    return f"{decompress} | dd of={device} bs=4M conv=fsync status=none"
+
+
+def _mount_raw_image(ctx: StepContext) -> None:
+    if ctx.job.environment.image.kind == ImageKind.DD:
+        mount_deploy_partition(ctx)
+
+
+def send_image_direct(ctx: StepContext) -> None:
+    """Stream the image from the server to this node over SSH, decompressing on the node."""
+    writer = _image_writer(ctx)
     with ctx.services.broadcast_slot(ctx.cancelled):
         ctx.set_state(NodeState.TRANSFERRING)
         try:
             with ctx.job.image.open("rb") as image:
-                ctx.run(_bash(f"{decompress} | {writer}"), stdin=image, what="image transfer")
+                ctx.run(_bash(writer), stdin=image, what="image transfer")
         except OSError as exc:
             raise StepFailed(f"cannot read image {ctx.job.image}: {exc.strerror}") from None
-    if environment.image.kind == ImageKind.DD:
-        mount_deploy_partition(ctx)
+    _mount_raw_image(ctx)
+
+
+def send_image_chain(ctx: StepContext) -> None:
+    """Run the chain relay on this node; it writes the image and forwards it down the chain.
+
+    The relay listens on a free port and says so on its first output line; the node then
+    joins the broadcast round its deployment is forming. The relay ends once its part of the
+    chain acknowledged the stream; the verdict on this node (bytes, SHA-256 against the
+    source, writer status) comes from the round's result.
+    """
+    writer = _image_writer(ctx)
+    relay = f"/tmp/kadeploy-relay-{ctx.job.deployment_id[:12]}.py"  # noqa: S108 - on the node
+    ctx.run(f"cat > {shlex.quote(relay)}", stdin=relay_source().encode(), what="send the relay")
+    secret = ctx.services.chain_secret()
+    timeout = ctx.command_timeout
+    writer_argv = ["bash", "-o", "pipefail", "-c", writer]
+    argv = ["python3", relay, *relay_arguments(writer_argv, idle_timeout=timeout)]
+
+    def watch(stream: str, text: str) -> None:
+        ctx.log(stream, text)
+        if stream == "stdout":
+            with contextlib.suppress(ReportError):
+                event = parse_report(text)
+                if event.kind == "listening" and event.port:
+                    ctx.services.chain_join(event.port)
+
+    ctx.set_state(NodeState.TRANSFERRING)
+    ctx.log("cmd", shlex.join(argv))
+    result = ctx.services.shell().run(argv, timeout=timeout, stdin=secret + b"\n", on_output=watch)
+    verdict = ctx.services.chain_verdict(ctx.cancelled)
+    if verdict is not None:
+        raise StepFailed(f"chain transfer: {verdict}")
+    if result.returncode != 0:
+        raise StepFailed(f"chain relay: exit status {result.returncode}: {result.stderr_tail(3)}")
+    _mount_raw_image(ctx)
 
 
 def run_postinstalls(ctx: StepContext) -> None:

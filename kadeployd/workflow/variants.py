@@ -53,6 +53,7 @@ MICROSTEPS: dict[Macrostep, dict[str, tuple[Microstep, ...]]] = {
         "dummy": (_m(S.DEPLOY_ENV, steps.nothing),),
     },
     Macrostep.BROADCAST_ENV: {
+        "chain": (_m(S.TRANSFERRING, steps.send_image_chain), *_BROADCAST_TAIL),
         "direct": (_m(S.TRANSFERRING, steps.send_image_direct), *_BROADCAST_TAIL),
         "dummy": (_m(S.TRANSFERRING, steps.nothing),),
     },
