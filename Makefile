@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := openssh-server openssh-client ipmitool busybox-static e2fsprogs fdisk \
 	util-linux mount zstd xz-utils gzip tar iproute2 procps psmisc
 
-.PHONY: test lint venv system-deps clean
+.PHONY: test lint venv system-deps demo demo-down clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,13 @@ system-deps:
 # The venv's bin/ goes first on PATH: tests run the installed console scripts as subprocesses.
 test: system-deps $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+
+# The main job: 8 emulated nodes, the daemon, one deployment (root; see scripts/demo).
+demo: system-deps $(STAMP)
+	scripts/demo 8
+
+demo-down:
+	scripts/demo down
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -89,6 +89,7 @@ class Progress:
         self._last: dict[str, dict[str, Any]] = {}
         self._block = 0
         self._last_counts: Counter[str] = Counter()
+        self._printed_at: dict[str, float] = {}
         self._elapsed = 0.0
 
     # ------------------------------------------------------------ events
@@ -174,9 +175,17 @@ class Progress:
         counts = self.counts()
         if self._tty:
             self._redraw(counts)
-        elif counts[state] != self._last_counts[state]:
+        elif counts[state] != self._last_counts[state] and self._due(state, counts[state]):
             self._line(f"[{self._elapsed:7.1f}s] {self._step_text(state, counts[state])}")
+            self._printed_at[state] = self._elapsed
         self._last_counts = counts
+
+    def _due(self, state: str, count: int) -> bool:
+        """Without a terminal, a step's count is printed when every node reached it, or at
+        most once a second: a log of 300 nodes stays readable (every change at -V 4)."""
+        if self._verbose >= 4 or count == self._total:
+            return True
+        return self._elapsed - self._printed_at.get(state, float("-inf")) >= 1.0
 
     def _step_text(self, state: str, count: int) -> str:
         if state in SUCCESS:
