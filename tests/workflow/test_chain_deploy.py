@@ -8,12 +8,9 @@ from typing import Any
 
 import pytest
 from daemon_fixtures import wait_until
-from test_deploy import os_release, wait_finished
-from workflow_helpers import reset, start_testbed
+from workflow_helpers import os_release, request_for, reset, start_testbed, wait_finished
 
 from kadeployd.daemon import Daemon
-from kadeployd.environment import load_environment
-from kadeployd.workflow.job import DeploymentRequest
 
 pytestmark = pytest.mark.root
 
@@ -47,12 +44,7 @@ def test_the_default_broadcast_is_the_chain(
     start_daemon: Callable[..., Daemon],
 ) -> None:
     daemon = start_daemon()
-    request = DeploymentRequest(
-        user="alice",
-        environment=load_environment(images["tar"]),
-        nodes=nodes,
-        authorized_keys=user_key.with_suffix(".pub").read_text(),
-    )
+    request = request_for(images["tar"], nodes, user_key)
     view = wait_finished(daemon, daemon.deploy(request))
     assert view.status == "succeeded", daemon.reader().nodes(view.id)
     reader = daemon.reader()
@@ -76,12 +68,7 @@ def test_a_node_dying_mid_stream_is_cut_out_and_the_others_get_the_image(
     nodes = reset(shaped_bed)
     victim = nodes[1]
     daemon = start_daemon(chain_only, testbed=shaped_bed)
-    request = DeploymentRequest(
-        user="alice",
-        environment=load_environment(padded_image),
-        nodes=nodes,
-        authorized_keys=user_key.with_suffix(".pub").read_text(),
-    )
+    request = request_for(padded_image, nodes, user_key)
     deployment_id = daemon.deploy(request)
     reader = daemon.reader()
     wait_until(

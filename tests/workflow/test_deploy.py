@@ -6,63 +6,23 @@ the daemon's own TFTP server, power-cycled through a real IPMI BMC. No mock anyw
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_fixtures import wait_until
 from pykka.messages import ProxyCall
+from workflow_helpers import DEPLOY_TIMEOUT, deploy, os_release, request_for, wait_finished
 
 from kadeployd.daemon import Daemon
 from kadeployd.environment import load_environment
-from kadeployd.store.records import DeploymentView
-from kadeployd.workflow.job import DeploymentRequest
 
 pytestmark = pytest.mark.root
-
-DEPLOY_TIMEOUT = 240
-
-
-def deploy(
-    daemon: Daemon, env: Path, nodes: tuple[str, ...], key: Path | None, **options: Any
-) -> DeploymentView:
-    request = DeploymentRequest(
-        user="alice",
-        environment=load_environment(env),
-        nodes=nodes,
-        authorized_keys=key.with_suffix(".pub").read_text() if key else "",
-        **options,
-    )
-    deployment_id = daemon.deploy(request)
-    return wait_finished(daemon, deployment_id)
-
-
-def wait_finished(daemon: Daemon, deployment_id: str) -> DeploymentView:
-    from daemon_fixtures import wait_until  # noqa: PLC0415
-
-    reader = daemon.reader()
-    return wait_until(
-        lambda: (view := reader.deployment(deployment_id)).status != "running" and view,
-        DEPLOY_TIMEOUT,
-        f"deployment {deployment_id}",
-    )
 
 
 def states(daemon: Daemon, deployment_id: str) -> dict[str, str]:
     return {n.node: n.state for n in daemon.reader().nodes(deployment_id)}
-
-
-def os_release(bed: Any, node: str, key: Path) -> str:
-    result = subprocess.run(
-        bed.ssh_argv(node, "cat", "/etc/os-release", key=key),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def variants(
@@ -241,16 +201,8 @@ def test_every_permanent_actor_crashing_mid_deployment_is_survived(
     user_key: Path,
     start_daemon: Callable[..., Daemon],
 ) -> None:
-    from daemon_fixtures import wait_until  # noqa: PLC0415
-
     daemon = start_daemon()
-    request = DeploymentRequest(
-        user="alice",
-        environment=load_environment(images["tar"]),
-        nodes=nodes,
-        authorized_keys=user_key.with_suffix(".pub").read_text(),
-    )
-    deployment_id = daemon.deploy(request)
+    deployment_id = daemon.deploy(request_for(images["tar"], nodes, user_key))
     reader = daemon.reader()
     for name, when in (
         ("store", "rebooting"),

@@ -1,13 +1,20 @@
-"""Starting and resetting testbeds for the workflow tests (shared by conftest and tests)."""
+"""Testbeds and deployments for the workflow tests (shared by conftest and the tests)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_fixtures import wait_until
+
+from kadeployd.daemon import Daemon
+from kadeployd.environment import load_environment
+from kadeployd.store.records import DeploymentView
+from kadeployd.workflow.job import DeploymentRequest
 
 NODES = 4
 
@@ -44,3 +51,49 @@ def reset(testbed: Any) -> tuple[str, ...]:
     for profile in (testbed.layout.tftp_root / "pxelinux.cfg").glob("01-*"):
         profile.unlink()
     return tuple(spec.name for spec in testbed.nodes)
+
+
+DEPLOY_TIMEOUT = 240
+
+
+def request_for(
+    env: Path, nodes: tuple[str, ...], key: Path | None, **options: Any
+) -> DeploymentRequest:
+    """alice's request to deploy the environment described in ``env``, with her key."""
+    return DeploymentRequest(
+        user="alice",
+        environment=load_environment(env),
+        nodes=nodes,
+        authorized_keys=key.with_suffix(".pub").read_text() if key else "",
+        **options,
+    )
+
+
+def deploy(
+    daemon: Daemon, env: Path, nodes: tuple[str, ...], key: Path | None, **options: Any
+) -> DeploymentView:
+    """Deploy and wait for the end; the deployment as recorded."""
+    return wait_finished(daemon, daemon.deploy(request_for(env, nodes, key, **options)))
+
+
+def wait_finished(daemon: Daemon, deployment_id: str) -> DeploymentView:
+    """Wait until the store records the deployment finished."""
+    reader = daemon.reader()
+    return wait_until(
+        lambda: (view := reader.deployment(deployment_id)).status != "running" and view,
+        DEPLOY_TIMEOUT,
+        f"deployment {deployment_id}",
+    )
+
+
+def os_release(testbed: Any, node: str, key: Path) -> str:
+    """/etc/os-release of ``node``, read over SSH with ``key``."""
+    result = subprocess.run(
+        testbed.ssh_argv(node, "cat", "/etc/os-release", key=key),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
