@@ -23,12 +23,11 @@ from kadeployd.api.models import (
     NodeDetailOut,
     NodeStateOut,
 )
+from kadeployd.api.node_checks import refuse_busy, unknown_node
 from kadeployd.api.responses import ERRORS
 from kadeployd.api.uploads import UploadError, UploadInfo
 from kadeployd.environment import EnvironmentDescription
 from kadeployd.errors import Problem
-from kadeployd.store.records import DeploymentView
-from kadeployd.suggest import did_you_mean
 from kadeployd.workflow.job import DeploymentRequest
 
 logger = logging.getLogger(__name__)
@@ -36,6 +35,9 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"], responses=ERRORS)
 
 _KEY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+LogAfter = Annotated[int, Query(ge=0, le=2**62)]
+LogLimit = Annotated[int, Query(ge=1, le=100_000)]
 
 
 @router.post("", status_code=201, response_model=DeploymentOut)
@@ -75,7 +77,10 @@ def create_deployment(
         )
         with context.deploy_lock:
             _check_rights(context, caller, nodes, body.partition)
-            _check_free(context, nodes, body.force)
+            if not body.force:
+                refuse_busy(
+                    context, nodes, "already in a running deployment; use force to deploy anyway"
+                )
             deployment_id = context.daemon.deploy(request)
             _sweep_anonymous(context, keep=anonymous_dir)
     except BaseException:
@@ -129,12 +134,11 @@ def get_node_log(
     node: str,
     context: Context,
     caller: CallerDep,
-    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    after: LogAfter = 0,
+    limit: LogLimit = 10_000,
 ) -> list[LogLineOut]:
     """A node's log (commands, output, notes); page with ``after`` = the last ``seq`` seen."""
-    _may_read_logs(context, caller, context.reader.deployment(deployment_id))
-    return _log(context, deployment_id, node, after, limit)
+    return _log(context, caller, deployment_id, node, after=after, limit=limit)
 
 
 @router.get("/{deployment_id}/log", response_model=list[LogLineOut])
@@ -142,12 +146,11 @@ def get_log(
     deployment_id: str,
     context: Context,
     caller: CallerDep,
-    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    after: LogAfter = 0,
+    limit: LogLimit = 10_000,
 ) -> list[LogLineOut]:
     """Every node's log, in recording order."""
-    _may_read_logs(context, caller, context.reader.deployment(deployment_id))
-    return _log(context, deployment_id, None, after, limit)
+    return _log(context, caller, deployment_id, None, after=after, limit=limit)
 
 
 @router.post("/{deployment_id}/cancel", status_code=202, response_model=DeploymentOut)
@@ -185,11 +188,7 @@ def _check_nodes(context: ApiContext, names: list[str]) -> list[str]:
             problems.append(Problem("request", f"node {name} is listed twice", f"nodes[{index}]"))
         seen.add(name)
         if name not in known:
-            problems.append(
-                Problem(
-                    "request", f"unknown node {name}{did_you_mean(name, known)}", f"nodes[{index}]"
-                )
-            )
+            problems.append(unknown_node(name, index, known))
     if problems:
         raise ApiError(422, "unknown_node", problems[0].message, problems)
     return names
@@ -248,32 +247,6 @@ def _check_rights(
         )
 
 
-def _check_free(context: ApiContext, nodes: list[str], force: bool) -> None:
-    usage = context.reader.node_usage()
-    busy = [
-        usage[n]
-        for n in nodes
-        if n in usage and usage[n].deployment_status == "running" and not usage[n].final
-    ]
-    if busy and not force:
-        problems = [
-            Problem(
-                "request",
-                f"{u.node} is being deployed by {u.user} (deployment {u.deployment_id}, "
-                f"state {u.state})",
-                "nodes",
-            )
-            for u in busy
-        ]
-        raise ApiError(
-            409,
-            "node_busy",
-            f"{', '.join(u.node for u in busy)} already in a running deployment; "
-            "use force to deploy anyway",
-            problems,
-        )
-
-
 def _sweep_anonymous(context: ApiContext, keep: Path | None) -> None:
     """Remove the files of anonymous environments no running deployment uses any more."""
     used = {keep.name} if keep is not None else set()
@@ -286,14 +259,19 @@ def _sweep_anonymous(context: ApiContext, keep: Path | None) -> None:
             environments.remove_directory(directory)
 
 
-def _may_read_logs(context: ApiContext, caller: Caller, view: DeploymentView) -> None:
+def _log(
+    context: ApiContext,
+    caller: Caller,
+    deployment_id: str,
+    node: str | None,
+    *,
+    after: int,
+    limit: int,
+) -> list[LogLineOut]:
+    """The log of ``node`` (None: every node), if ``caller`` may read it (owner or admin)."""
+    view = context.reader.deployment(deployment_id)
     if view.user != caller.user and not caller.admin:
         raise ApiError(403, "forbidden", f"the logs of deployment {view.id} are {view.user}'s")
-
-
-def _log(
-    context: ApiContext, deployment_id: str, node: str | None, after: int, limit: int
-) -> list[LogLineOut]:
     return [
         LogLineOut(
             seq=line.seq, node=line.node, at=line.at, stream=line.stream.value, text=line.text

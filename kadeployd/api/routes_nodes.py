@@ -65,7 +65,6 @@ def _node_out(node: Node, usage: NodeUsage | None) -> NodeOut:
             environment=None,
             since=None,
         )
-    running = usage.deployment_status == "running" and not usage.final
     environment = None
     if usage.state in ("deployed", "already_installed"):
         environment = EnvironmentSummary(
@@ -78,7 +77,7 @@ def _node_out(node: Node, usage: NodeUsage | None) -> NodeOut:
         cluster=node.cluster,
         address=node.address,
         state=usage.state,
-        busy=running,
+        busy=usage.busy,
         deployment_id=usage.deployment_id,
         owner=usage.user,
         environment=environment,

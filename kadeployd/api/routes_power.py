@@ -21,12 +21,12 @@ from kadeployd.api.auth import Caller, CallerDep, Context
 from kadeployd.api.context import ApiContext
 from kadeployd.api.errors import ApiError
 from kadeployd.api.models import ErrorResponse, NodeName
+from kadeployd.api.node_checks import refuse_busy, require_known
 from kadeployd.api.responses import ERRORS
 from kadeployd.config import Node
 from kadeployd.errors import Problem
 from kadeployd.reboot import PowerAction, RebootLevel, RebootResult
 from kadeployd.store.rights import ANY
-from kadeployd.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +109,7 @@ def _checked_nodes(
     """The configured nodes named (unknown: 422 with suggestions), if ``caller`` holds a right
     on each (403 otherwise) and none is in a running deployment (409, unless ``force``)."""
     known = context.config.nodes
-    problems = [
-        Problem("request", f"unknown node {n}{did_you_mean(n, known)}", f"nodes[{i}]")
-        for i, n in enumerate(names)
-        if n not in known
-    ]
-    if problems:
-        raise ApiError(422, "unknown_node", problems[0].message, problems)
+    require_known(known, names)
     unique = list(dict.fromkeys(names))
     if not caller.admin:
         held = {r.node for r in context.reader.rights(user=caller.user)}
@@ -131,28 +125,8 @@ def _checked_nodes(
                     for n in refused
                 ],
             )
-    usage = context.reader.node_usage()
-    busy = [
-        usage[n]
-        for n in unique
-        if n in usage and usage[n].deployment_status == "running" and not usage[n].final
-    ]
-    if busy and not force:
-        raise ApiError(
-            409,
-            "node_busy",
-            f"{', '.join(u.node for u in busy)} in a running deployment; use force to {what} "
-            "anyway",
-            [
-                Problem(
-                    "request",
-                    f"{u.node} is being deployed by {u.user} (deployment {u.deployment_id}, "
-                    f"state {u.state})",
-                    "nodes",
-                )
-                for u in busy
-            ],
-        )
+    if not force:
+        refuse_busy(context, unique, f"in a running deployment; use force to {what} anyway")
     return [known[n] for n in unique]
 
 

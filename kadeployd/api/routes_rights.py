@@ -11,10 +11,9 @@ from fastapi import APIRouter, Path, Query
 from kadeployd.api.auth import CallerDep, Context, require_admin
 from kadeployd.api.errors import ApiError
 from kadeployd.api.models import RightOut, RightsChange, RightsGrant
+from kadeployd.api.node_checks import require_known
 from kadeployd.api.responses import ERRORS
-from kadeployd.errors import Problem
 from kadeployd.store.rights import ANY
-from kadeployd.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +42,7 @@ def list_rights(
 def grant_rights(body: RightsGrant, context: Context, caller: CallerDep) -> RightsChange:
     """Grant ``user`` the right to deploy ``nodes`` (or ``*``) on ``partitions`` (or ``*``)."""
     require_admin(caller, "grant rights")
-    known = context.config.nodes
-    problems = [
-        Problem("request", f"unknown node {n}{did_you_mean(n, known)}", f"nodes[{i}]")
-        for i, n in enumerate(body.nodes)
-        if n != ANY and n not in known
-    ]
-    if problems:
-        raise ApiError(422, "unknown_node", problems[0].message, problems)
+    require_known(context.config.nodes, body.nodes, wildcard=ANY)
     added: int = context.daemon.store_call(
         lambda s: s.grant_rights(body.user, body.nodes, body.partitions)
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from kadeployd.api.auth import CallerDep, Context
 from kadeployd.api.models import NodeStatsOut, StateDurationOut
@@ -20,19 +21,26 @@ Since = Annotated[float | None, Query(ge=0, le=1e11, description="unix time")]
 Text = Annotated[str | None, Query(max_length=64)]
 
 
+def _selection(
+    since: Since = None, until: Since = None, environment: Text = None, user: Text = None
+) -> StatsFilter:
+    """The query parameters both statistics share: which deployments they are computed over."""
+    return StatsFilter(since, until, environment, user)
+
+
+Selection = Annotated[StatsFilter, Depends(_selection)]
+
+
 @router.get("/nodes", response_model=list[NodeStatsOut])
 def node_stats(
     *,
     context: Context,
     caller: CallerDep,
-    since: Since = None,
-    until: Since = None,
-    environment: Text = None,
-    user: Text = None,
+    selection: Selection,
     node: Annotated[list[str] | None, Query(max_length=100_000)] = None,
 ) -> list[NodeStatsOut]:
     """Per node: deployments, deployed, failed, aborted, retries, success rate, mean time."""
-    selection = StatsFilter(since, until, environment, user, node)
+    selection = dataclasses.replace(selection, nodes=node)
     return [
         NodeStatsOut(
             node=s.node,
@@ -51,16 +59,9 @@ def node_stats(
 
 @router.get("/states", response_model=list[StateDurationOut])
 def state_stats(
-    *,
-    context: Context,
-    caller: CallerDep,
-    since: Since = None,
-    until: Since = None,
-    environment: Text = None,
-    user: Text = None,
+    *, context: Context, caller: CallerDep, selection: Selection
 ) -> list[StateDurationOut]:
     """Per state: how often nodes entered it, mean and longest time spent in it."""
-    selection = StatsFilter(since, until, environment, user)
     return [
         StateDurationOut(state=d.state, entered=d.entered, mean=d.mean, longest=d.longest)
         for d in context.reader.state_durations(selection)

@@ -12,8 +12,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from kadeployd.store.catalogue import CatalogueReads
 from kadeployd.store.errors import InvalidRecord, StoreError, UnknownDeployment, UnknownNode
@@ -72,6 +74,17 @@ class StoreQueries(CatalogueReads, RightsReads, UsageReads):
                 self._conn.close()
                 self._conn = None
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
     # --- reads ---------------------------------------------------------------------------
 
     def deployment(self, deployment_id: str) -> DeploymentView:
@@ -122,13 +135,7 @@ class StoreQueries(CatalogueReads, RightsReads, UsageReads):
         at = time.time() if now is None else now
         with self._reading() as conn:
             _deployment_row(conn, deployment_id)
-            row = conn.execute(
-                "SELECT * FROM deployment_nodes WHERE deployment_id = ? AND node = ?",
-                (deployment_id, node),
-            ).fetchone()
-            if row is None:
-                raise _unknown_node(conn, deployment_id, node)
-            return _node_view(row, at)
+            return _node_view(_node_row(conn, deployment_id, node), at)
 
     def history(self, deployment_id: str, node: str | None = None) -> list[HistoryEntry]:
         """Every state entered by the deployment's nodes (or by ``node``), in recording order."""
@@ -140,25 +147,25 @@ class StoreQueries(CatalogueReads, RightsReads, UsageReads):
                     (deployment_id,),
                 ).fetchall()
             else:
-                _check_node(conn, deployment_id, node)
+                _node_row(conn, deployment_id, node)
                 rows = conn.execute(
                     "SELECT * FROM state_history WHERE deployment_id = ? AND node = ? ORDER BY id",
                     (deployment_id, node),
                 ).fetchall()
-            return [
-                HistoryEntry(
-                    seq=row["id"],
-                    deployment_id=row["deployment_id"],
-                    node=row["node"],
-                    state=row["state"],
-                    macrostep=row["macrostep"],
-                    variant=row["variant"],
-                    attempt=row["attempt"],
-                    message=row["message"],
-                    at=row["at"],
-                )
-                for row in rows
-            ]
+            return [_history_entry(row) for row in rows]
+
+    def state_changes(
+        self, deployment_id: str, after: int = 0, limit: int = 10_000
+    ) -> list[HistoryEntry]:
+        """History entries of a deployment with ``seq > after``, oldest first: what an event
+        stream has not sent yet."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT * FROM state_history WHERE deployment_id = ? AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (deployment_id, int(after), int(limit)),
+            )
+            return [_history_entry(row) for row in rows]
 
     def log(
         self,
@@ -180,7 +187,7 @@ class StoreQueries(CatalogueReads, RightsReads, UsageReads):
         with self._reading() as conn:
             _deployment_row(conn, deployment_id)
             if node is not None:
-                _check_node(conn, deployment_id, node)
+                _node_row(conn, deployment_id, node)
             return [
                 LogLine(
                     seq=row["id"],
@@ -200,19 +207,29 @@ class StoreQueries(CatalogueReads, RightsReads, UsageReads):
             raise StoreError(f"{self._path}: the store is closed")
         return self._conn
 
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self) -> AbstractContextManager[sqlite3.Connection]:
         """One read transaction (a consistent snapshot); sqlite3 errors become StoreError."""
+        return self._transaction("BEGIN", "read")
+
+    @contextmanager
+    def _transaction(self, begin: str, what: str) -> Iterator[sqlite3.Connection]:
+        """One transaction opened by ``begin``: committed if the block ends normally, else
+        rolled back; sqlite3 errors become StoreError saying which ``what`` (read, write) failed.
+        """
         with self._lock:
             conn = self._connection()
             try:
-                conn.execute("BEGIN")
+                conn.execute(begin)
                 try:
                     yield conn
-                finally:
-                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StoreError(f"{self._path}: read failed: {exc}") from exc
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"{self._path}: {what} failed: {exc}") from exc
 
 
 # --- row helpers, shared with the writer ----------------------------------------------------
@@ -236,23 +253,26 @@ def _deployment_row(conn: sqlite3.Connection, deployment_id: str) -> sqlite3.Row
     return row
 
 
-def _unknown_node(conn: sqlite3.Connection, deployment_id: str, node: str) -> UnknownNode:
-    names = [
+def _node_names(conn: sqlite3.Connection, deployment_id: str) -> list[str]:
+    """The nodes of a deployment, in no particular order."""
+    return [
         str(r[0])
         for r in conn.execute(
             "SELECT node FROM deployment_nodes WHERE deployment_id = ?", (deployment_id,)
         )
     ]
-    return UnknownNode(deployment_id, node, did_you_mean(node, names))
 
 
-def _check_node(conn: sqlite3.Connection, deployment_id: str, node: str) -> sqlite3.Row:
+def _node_row(conn: sqlite3.Connection, deployment_id: str, node: str) -> sqlite3.Row:
+    """The current record of ``node`` in a deployment; :class:`UnknownNode` (with a suggestion)
+    if the deployment has no such node."""
     row = conn.execute(
-        "SELECT final FROM deployment_nodes WHERE deployment_id = ? AND node = ?",
+        "SELECT * FROM deployment_nodes WHERE deployment_id = ? AND node = ?",
         (deployment_id, node),
     ).fetchone()
     if row is None:
-        raise _unknown_node(conn, deployment_id, node)
+        names = _node_names(conn, deployment_id)
+        raise UnknownNode(deployment_id, node, did_you_mean(node, names))
     return row
 
 
@@ -271,6 +291,20 @@ def _deployment_view(row: sqlite3.Row) -> DeploymentView:
         reason=row["reason"],
         created_at=row["created_at"],
         finished_at=row["finished_at"],
+    )
+
+
+def _history_entry(row: sqlite3.Row) -> HistoryEntry:
+    return HistoryEntry(
+        seq=row["id"],
+        deployment_id=row["deployment_id"],
+        node=row["node"],
+        state=row["state"],
+        macrostep=row["macrostep"],
+        variant=row["variant"],
+        attempt=row["attempt"],
+        message=row["message"],
+        at=row["at"],
     )
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from kadeployd.store.connection import open_reader
 from kadeployd.store.queries import StoreQueries
@@ -23,14 +21,3 @@ class StoreReader(StoreQueries):
 
     def __init__(self, path: Path) -> None:
         super().__init__(Path(path), open_reader(Path(path)))
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -13,16 +13,21 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from kadeployd.store.catalogue import CatalogueWrites
 from kadeployd.store.connection import open_writer
-from kadeployd.store.errors import InvalidRecord, StoreError, UnknownDeployment
-from kadeployd.store.queries import StoreQueries, _check_node, _status, _unknown_node
+from kadeployd.store.errors import InvalidRecord, UnknownDeployment
+from kadeployd.store.queries import (
+    StoreQueries,
+    _deployment_row,
+    _node_names,
+    _node_row,
+    _status,
+)
 from kadeployd.store.records import (
     ERROR_TAIL_CHARS,
     FINAL_NODE_STATES,
@@ -51,17 +56,6 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
     def open(cls, path: Path) -> Self:
         """Open the database file ``path``, creating it and its directory, migrating it."""
         return cls(Path(path), open_writer(Path(path)))
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- deployments -----------------------------------------------------------------------
 
@@ -303,23 +297,9 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
         with self._lock:
             self._conn = conn
 
-    @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
+    def _writing(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction: committed if the block ends normally, else rolled back."""
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise StoreError(f"{self._path}: write failed: {exc}") from exc
+        return self._transaction("BEGIN IMMEDIATE", "write")
 
 
 # --- helpers running inside a write transaction ---------------------------------------------
@@ -347,13 +327,6 @@ def _stream(value: LogStream | str) -> LogStream:
         ) from None
 
 
-def _exists(conn: sqlite3.Connection, deployment_id: str) -> bool:
-    return (
-        conn.execute("SELECT 1 FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
-        is not None
-    )
-
-
 def _deployment_status(conn: sqlite3.Connection, deployment_id: str) -> DeploymentStatus:
     row = conn.execute("SELECT status FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
     if row is None:
@@ -362,20 +335,14 @@ def _deployment_status(conn: sqlite3.Connection, deployment_id: str) -> Deployme
 
 
 def _require_node(conn: sqlite3.Connection, deployment_id: str, node: str) -> sqlite3.Row:
-    if not _exists(conn, deployment_id):
-        raise UnknownDeployment(deployment_id)
-    return _check_node(conn, deployment_id, node)
+    _deployment_row(conn, deployment_id)
+    return _node_row(conn, deployment_id, node)
 
 
 def _node_open(conn: sqlite3.Connection, deployment_id: str, node: str) -> bool:
     """Whether the node may still change state: its deployment runs and it is not final."""
     status = _deployment_status(conn, deployment_id)
-    row = conn.execute(
-        "SELECT final FROM deployment_nodes WHERE deployment_id = ? AND node = ?",
-        (deployment_id, node),
-    ).fetchone()
-    if row is None:
-        raise _unknown_node(conn, deployment_id, node)
+    row = _node_row(conn, deployment_id, node)
     return status == DeploymentStatus.RUNNING and not row["final"]
 
 
@@ -386,14 +353,8 @@ def _insert_nodes(
         return
     if not all(isinstance(n, str) and n for n in names):
         raise InvalidRecord(f"node names must be non-empty strings: {names!r}")
-    existing = {
-        str(r[0])
-        for r in conn.execute(
-            "SELECT node FROM deployment_nodes WHERE deployment_id = ?", (deployment_id,)
-        )
-    }
     twice: set[str] = set()
-    seen = set(existing)
+    seen = set(_node_names(conn, deployment_id))
     for name in names:
         if name in seen:
             twice.add(name)

@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from kadeployd.store.records import HistoryEntry
-
 logger = logging.getLogger(__name__)
 
 # Statistics filter deployments by creation time, environment and user (bound parameters).
@@ -84,6 +82,11 @@ class NodeUsage:
     deployment_status: str
     since: float
     """When the node entered ``state``."""
+
+    @property
+    def busy(self) -> bool:
+        """Whether a running deployment is still working on the node."""
+        return self.deployment_status == "running" and not self.final
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,30 +197,4 @@ class UsageReads:
             return [
                 StateDuration(row["state"], row["entered"], row["mean"], row["longest"])
                 for row in conn.execute(_STATE_DURATIONS, chosen.params())
-            ]
-
-    def state_changes(
-        self, deployment_id: str, after: int = 0, limit: int = 10_000
-    ) -> list[HistoryEntry]:
-        """History entries of a deployment with ``seq > after``, oldest first: what an event
-        stream has not sent yet."""
-        with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT * FROM state_history WHERE deployment_id = ? AND id > ? "
-                "ORDER BY id LIMIT ?",
-                (deployment_id, int(after), int(limit)),
-            )
-            return [
-                HistoryEntry(
-                    seq=row["id"],
-                    deployment_id=row["deployment_id"],
-                    node=row["node"],
-                    state=row["state"],
-                    macrostep=row["macrostep"],
-                    variant=row["variant"],
-                    attempt=row["attempt"],
-                    message=row["message"],
-                    at=row["at"],
-                )
-                for row in rows
             ]
