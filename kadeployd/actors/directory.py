@@ -10,7 +10,7 @@ asks once more.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import pykka
@@ -37,17 +37,6 @@ class Directory(Protocol):
     def child(self, name: str, timeout: float = 5.0) -> pykka.ActorRef[Any]:
         """The current ActorRef of ``name``, waiting while it restarts."""
         ...
-
-
-class StaticDirectory:
-    """A Directory over fixed refs, for wiring parts of the tree without a supervisor."""
-
-    def __init__(self, refs: Mapping[str, pykka.ActorRef[Any]]) -> None:
-        self._refs = dict(refs)
-
-    def child(self, name: str, timeout: float = 5.0) -> pykka.ActorRef[Any]:
-        """The ref registered under ``name``."""
-        return self._refs[name]
 
 
 def call(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -330,8 +329,3 @@ class NodeActor(pykka.ThreadingActor):
             directory.STORE,
             lambda store: store.append_log(self._job.deployment_id, self._node.name, stream, text),
         )
-
-
-def now() -> float:
-    """Wall-clock time for records."""
-    return time.time()

@@ -62,11 +62,9 @@ class NodeServicesImpl:
         self._target = SshTarget.from_node(node)
         self._connection: SshConnection | None = None
         self._lock = threading.Lock()
-        self._token: CancelToken | None = None
 
     def bind(self, token: CancelToken) -> None:
         """Attach the cancel token of the attempt about to run: cancelling it cuts SSH."""
-        self._token = token
         token.on_cancel(self.interrupt)
 
     def interrupt(self) -> None:

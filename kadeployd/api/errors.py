@@ -196,13 +196,3 @@ def install_error_handlers(app: FastAPI) -> None:
         Exception,
     ):
         app.add_exception_handler(kind, _handle)
-
-
-def not_found(code: str, message: str, hint: str = "") -> ApiError:
-    """A 404 with a stable code."""
-    return ApiError(404, code, message + hint)
-
-
-def forbidden(message: str, code: str = "forbidden") -> ApiError:
-    """A 403."""
-    return ApiError(403, code, message)
