@@ -167,6 +167,8 @@ class NodeServicesImpl:
         def reply(verdict: str | None) -> None:
             box.append(verdict)
             done.set()
+            if verdict is not None:
+                self.interrupt()  # a relay cut out of the chain (e.g. frozen) is not waited for
 
         self._manager.chain_ready(self._node.name, Hop(self._node.address, port), reply)
 

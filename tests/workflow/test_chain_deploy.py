@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -89,3 +91,66 @@ def test_a_node_dying_mid_stream_is_cut_out_and_the_others_get_the_image(
             # The victim's successor was re-linked to its predecessor and still got the image
             # the source has: the round's verdict checks each node's SHA-256 and byte count.
             assert "ID=debian-big" in os_release(shaped_bed, node, user_key)
+
+
+def _relay_port(reader: Any, deployment_id: str, node: str) -> int | None:
+    """The port ``node``'s relay said it listens on, from the node's log."""
+    for line in reader.log(deployment_id, node):
+        if '"event":"listening"' in line.text:
+            return int(json.loads(line.text)["port"])
+    return None
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the other side closed (FIN) or reset (RST) the connection without data."""
+    try:
+        return sock.recv(8) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_stalled_node_is_cut_out_after_its_stall_timeout(
+    shaped_bed: Any, padded_image: Path, user_key: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    nodes = reset(shaped_bed)
+    frozen = nodes[2]
+    daemon = start_daemon(chain_only, testbed=shaped_bed)
+    deployment_id = daemon.deploy(request_for(padded_image, nodes, user_key))
+    reader = daemon.reader()
+    wait_until(
+        lambda: any(
+            '"event":"progress"' in line.text for line in reader.log(deployment_id, frozen)
+        ),
+        120,
+        f"{frozen} receiving the stream",
+    )
+    shaped_bed.fault(frozen, "hang")  # every process of the node stops: sshd, relay, writer
+    view = wait_finished(daemon, deployment_id)
+    states = {n.node: n for n in reader.nodes(view.id)}
+    assert states[frozen].state == "deploy_failed"
+    # The predecessor's relay judged it: no data nor heartbeat for the stall timeout.
+    assert "stalled" in (states[frozen].error_message or "")
+    for node in nodes:
+        if node != frozen:
+            assert states[node].state == "deployed", states[node]
+            assert "ID=debian-big" in os_release(shaped_bed, node, user_key)
+
+
+def test_a_connection_without_the_secret_is_refused_and_the_broadcast_goes_on(
+    shaped_bed: Any, padded_image: Path, user_key: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    nodes = reset(shaped_bed)
+    target = nodes[1]
+    daemon = start_daemon(chain_only, testbed=shaped_bed)
+    deployment_id = daemon.deploy(request_for(padded_image, nodes, user_key))
+    reader = daemon.reader()
+    port = wait_until(lambda: _relay_port(reader, deployment_id, target), 120, f"{target}'s relay")
+    address = shaped_bed.node(target).address
+    with socket.create_connection((address, port), timeout=30) as intruder:
+        challenge = intruder.recv(24)
+        assert len(challenge) == 24  # MAGIC + nonce: the relay asks for proof of the secret
+        header = json.dumps({"size": 1, "you": f"{address}:{port}", "rest": []}).encode()
+        intruder.sendall(b"\0" * 32 + len(header).to_bytes(4, "big") + header)
+        assert _closed_by_peer(intruder)  # wrong HMAC: closed without a word
+    view = wait_finished(daemon, deployment_id)
+    assert view.status == "succeeded", reader.nodes(view.id)
