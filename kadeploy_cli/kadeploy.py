@@ -417,6 +417,8 @@ def _watch(
                     progress.state(event.data)
                 elif event.kind == "log":
                     progress.log(event.data)
+                elif event.kind == "progress":
+                    progress.transfer(event.data)
                 elif event.kind == "end":
                     return event.data
             return None

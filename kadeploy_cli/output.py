@@ -5,6 +5,10 @@ lines, one per step with the number of nodes in it, rewritten in place; elsewher
 log file) it appends a line each time a step's count changes. Failures are printed as they
 happen in both cases. Times are the server's, relative to the deployment's creation.
 
+During the image transfer a bar follows the steps (``transfer [#####.....] 58% 112/192 MiB
+48 MiB/s``): part of the block on a terminal; elsewhere a line at most every
+:data:`TRANSFER_LINE_INTERVAL` seconds, and one when the transfer is complete.
+
 Verbose levels (``--verbose-level``): 0 errors only, 1 the final summary, 2 failures as they
 happen, 3 (default) the steps' counts, 4 every node's state change, 5 the nodes' logs.
 """
@@ -13,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections import Counter
-from collections.abc import Iterable, Sequence
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -39,6 +44,27 @@ STEPS = (
 SUCCESS = frozenset({"deployed", "already_installed"})
 FAILURE = frozenset({"deploy_failed", "incompatible", "decommissioned", "aborted"})
 DEFAULT_VERBOSE = 3
+TRANSFER_LINE_INTERVAL = 5.0
+"""Without a terminal, seconds between two transfer lines."""
+BAR_WIDTH = 20
+RATE_WINDOW = 5.0
+"""The transfer rate shown is the one over about the last this many seconds."""
+MIB = 1024 * 1024
+
+
+def transfer_text(done: int, total: int, rate: float | None) -> str:
+    """``transfer [#######.....] 58% 112/192 MiB 48 MiB/s`` (no rate when unknown)."""
+    fraction = min(1.0, done / total) if total > 0 else 1.0
+    filled = int(fraction * BAR_WIDTH)
+    bar = "#" * filled + "." * (BAR_WIDTH - filled)
+    digits = 0 if total >= 10 * MIB else 1
+    text = (
+        f"transfer [{bar}] {int(fraction * 100):3d}% "
+        f"{done / MIB:.{digits}f}/{total / MIB:.{digits}f} MiB"
+    )
+    if rate is not None:
+        text += f" {rate / MIB:.{0 if rate >= 10 * MIB else 1}f} MiB/s"
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +104,9 @@ class Progress:
         nodes: Sequence[str],
         verbose: int = DEFAULT_VERBOSE,
         stream: IO[str] | None = None,
+        *,
         tty: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stream = stream or sys.stderr
         self._tty = self._stream.isatty() if tty is None else tty
@@ -91,6 +119,11 @@ class Progress:
         self._last_counts: Counter[str] = Counter()
         self._printed_at: dict[str, float] = {}
         self._elapsed = 0.0
+        self._clock = clock
+        self._transfer: tuple[int, int] | None = None
+        self._samples: deque[tuple[float, int]] = deque()
+        self._transfer_printed_at = float("-inf")
+        self._transfer_complete_printed = False
 
     # ------------------------------------------------------------ events
 
@@ -130,6 +163,45 @@ class Progress:
                 extra += f", attempt {attempt}"
             self._event_line(f"{node} -> {state}" + (f" ({extra})" if extra else ""))
         self._counts_changed(state)
+
+    def transfer(self, event: dict[str, Any]) -> None:
+        """The deployment's image transfer moved (a ``progress`` event)."""
+        try:
+            done, total = int(event.get("bytes_done") or 0), int(event.get("bytes_total") or 0)
+        except (TypeError, ValueError):
+            return  # a malformed event is not worth stopping the watch for
+        now = self._clock()
+        if self._transfer is not None and done < self._transfer[0]:
+            self._samples.clear()  # a node restarted its transfer: the old rate means nothing
+        self._transfer = (done, total)
+        self._samples.append((now, done))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW:
+            self._samples.popleft()
+        if self._verbose < 3:
+            return
+        if self._tty:
+            self._redraw(self.counts())
+            return
+        complete = total > 0 and done >= total
+        if complete and not self._transfer_complete_printed:
+            self._transfer_complete_printed = True
+        elif now - self._transfer_printed_at < TRANSFER_LINE_INTERVAL:
+            return
+        self._transfer_printed_at = now
+        self._line(f"[{self._elapsed:7.1f}s] {self.transfer_line()}")
+
+    def transfer_line(self) -> str | None:
+        """The transfer bar as it stands; None before any ``progress`` event."""
+        if self._transfer is None:
+            return None
+        return transfer_text(*self._transfer, self._rate())
+
+    def _rate(self) -> float | None:
+        """Bytes per second over the samples kept (about the last RATE_WINDOW seconds)."""
+        if len(self._samples) < 2:
+            return None
+        (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
+        return (b1 - b0) / (t1 - t0) if t1 > t0 else None
 
     def log(self, event: dict[str, Any]) -> None:
         """A line of a node's log (verbose level 5)."""
@@ -196,6 +268,9 @@ class Progress:
         known = [s for s in STEPS if counts[s]]
         other = sorted(s for s in counts if s not in STEPS and counts[s])
         lines = [f"  {self._step_text(s, counts[s])}" for s in (*known, *other)]
+        bar = self.transfer_line()
+        if bar is not None:
+            lines.append(f"  {bar}")
         return [*lines, f"  [{self._elapsed:7.1f}s]"]
 
     def _redraw(self, counts: Counter[str]) -> None:

@@ -3,6 +3,7 @@ socket with httpx: tokens, environments and visibility, rights, deployments, eve
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,10 @@ from api_fixtures import (
 )
 from daemon_fixtures import make_tar_environment, stop_all_actors, wait_until
 from test_daemon_actors import UNTRUSTED_REBOOT, processes_with, slow
+
+from kadeployd.api.convert import node_state_out, progress_out
+from kadeployd.api.routes_events import progress_event
+from kadeployd.store import Store
 
 __all__ = ["socket_dir", "stop_all_actors"]
 pytestmark = pytest.mark.usefixtures("stop_all_actors")
@@ -431,3 +436,36 @@ def test_upload_larger_than_the_limit_is_refused(tmp_path: Path, socket_dir: Pat
         assert ok.json()["size"] == 10
     finally:
         running.stop()
+
+
+def test_progress_event_sums_the_nodes_in_transfer_and_is_sent_when_it_changes(
+    tmp_path: Path,
+) -> None:
+    """The event builder over records written to a real store (a dummy deployment never
+    transfers an image)."""
+    with Store.open(tmp_path / "kadeployd.db") as store:
+        ident = store.create_deployment(
+            user="alice", environment_name="tiny", nodes=("n-1", "n-2", "n-3", "n-4")
+        )
+        assert progress_event(progress_out(store.nodes(ident)), None) is None  # none started
+        store.record_progress(ident, "n-1", 1024, 4096)
+        store.record_progress(ident, "n-2", 4096, 4096)
+        store.record_progress(ident, "n-3", 2048, 4096)
+        store.finish_node(ident, "n-2", "deployed")
+        store.finish_node(ident, "n-3", "deploy_failed", "relay died", error_step="BroadcastEnv")
+        first = progress_out(store.nodes(ident))
+        assert first is not None
+        nodes = {n.node: n for n in store.nodes(ident)}
+    # Outputs carry the bytes; the failed n-3 leaves the sums, n-4 never started.
+    assert node_state_out(nodes["n-1"]).model_dump()["bytes_done"] == 1024
+    assert node_state_out(nodes["n-4"]).bytes_total is None
+    assert (first.bytes_done, first.bytes_total) == (1024 + 4096, 2 * 4096)
+    assert set(first.nodes) == {"n-1", "n-2"}
+    text = progress_event(first, None)
+    assert text is not None
+    assert text.startswith("event: progress\ndata: {") and text.endswith("}\n\n")
+    data = json.loads(text.split("data: ", 1)[1])
+    assert data["nodes"]["n-1"] == {"bytes_done": 1024, "bytes_total": 4096}
+    assert progress_event(first, first) is None  # unchanged: nothing sent
+    moved = first.model_copy(update={"bytes_done": first.bytes_done + 1})
+    assert progress_event(moved, first) is not None

@@ -9,7 +9,7 @@ import pytest
 
 from kadeploy_cli.client import ServerAddress, _parse_sse, parse_address
 from kadeploy_cli.errors import UsageProblem
-from kadeploy_cli.output import NodeOutcome, Progress, exit_code, summary_lines
+from kadeploy_cli.output import NodeOutcome, Progress, exit_code, summary_lines, transfer_text
 
 DEPLOYMENT = {"id": "d1", "created_at": 100.0, "node_count": 2, "user": "alice",
               "environment": {"name": "tiny", "version": 1, "anonymous": False}}  # fmt: skip
@@ -91,3 +91,68 @@ def test_server_sent_events_are_parsed() -> None:
         ("state", "4", {"node": "n-1"}),
         ("end", None, {"status": "succeeded"}),
     ]
+
+
+MIB = 1024 * 1024
+
+
+class Clock:
+    """A hand-turned clock for the transfer rate (pure logic: no wall clock)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def transfer(done_mib: int, total_mib: int) -> dict[str, object]:
+    return {"bytes_done": done_mib * MIB, "bytes_total": total_mib * MIB, "nodes": {}}
+
+
+def test_transfer_text_is_a_bar_with_percent_sizes_and_rate() -> None:
+    assert transfer_text(112 * MIB, 192 * MIB, 48 * MIB) == (
+        "transfer [###########.........]  58% 112/192 MiB 48 MiB/s"
+    )
+    assert transfer_text(0, 4 * MIB, None) == "transfer [....................]   0% 0.0/4.0 MiB"
+    assert transfer_text(3 * MIB, 0, None).startswith("transfer [####################] 100%")
+
+
+def test_on_a_terminal_the_transfer_bar_is_part_of_the_block() -> None:
+    out, clock = io.StringIO(), Clock()
+    progress = Progress(DEPLOYMENT, ["n-1", "n-2"], verbose=3, stream=out, tty=True, clock=clock)
+    progress.state(event("n-1", "transferring", 101.0))
+    progress.state(event("n-2", "transferring", 101.0))
+    progress.transfer(transfer(0, 192))
+    clock.now = 2.0
+    progress.transfer(transfer(96, 192))
+    last_block = out.getvalue().rsplit("\x1b[J", 1)[1]
+    assert last_block == (
+        "  transferring   2 nodes\n"
+        "  transfer [##########..........]  50% 96/192 MiB 48 MiB/s\n"
+        "  [    1.0s]\n"
+    )
+    assert out.getvalue().endswith("  [    1.0s]\n")  # the bar never leaves a stray line
+
+
+def test_without_a_terminal_transfer_lines_are_few() -> None:
+    out, clock = io.StringIO(), Clock()
+    progress = Progress(DEPLOYMENT, ["n-1"], verbose=3, stream=out, tty=False, clock=clock)
+    for second in range(12):  # an event every second (the server sends at most one per poll)
+        clock.now = float(second)
+        progress.transfer(transfer(second * 10, 200))
+    clock.now = 12.5
+    progress.transfer(transfer(200, 200))
+    progress.transfer(transfer(200, 200))
+    lines = out.getvalue().splitlines()
+    assert [line.split("%")[0][-3:] for line in lines] == ["  0", " 25", " 50", "100"]
+    assert lines[1].endswith("50/200 MiB 10 MiB/s")
+
+
+def test_transfer_bar_hidden_below_verbose_3_and_malformed_events_ignored() -> None:
+    out = io.StringIO()
+    progress = Progress(DEPLOYMENT, ["n-1"], verbose=2, stream=out, tty=True)
+    progress.transfer(transfer(1, 2))
+    progress.transfer({"bytes_done": "many", "bytes_total": None})
+    assert out.getvalue() == ""
+    assert progress.transfer_line() == "transfer [##########..........]  50% 1.0/2.0 MiB"

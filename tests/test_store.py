@@ -15,6 +15,7 @@ from kadeployd.errors import KadeployError
 from kadeployd.store import (
     ERROR_TAIL_CHARS,
     INTERRUPTED,
+    MIGRATIONS,
     SCHEMA_VERSION,
     DeploymentStatus,
     InvalidRecord,
@@ -621,3 +622,73 @@ def test_an_actor_that_cannot_open_its_database_stops(tmp_path: Path) -> None:
     assert ref.actor_stopped.wait(WAIT)  # on_start raised StoreError (logged); nothing to serve
     with pytest.raises(pykka.ActorDeadError):
         ref.proxy()
+
+
+# --- image transfer progress ------------------------------------------------------------------
+
+
+def test_record_progress_is_read_back_and_ignored_once_the_node_is_final(
+    db: Path, store: Store
+) -> None:
+    deployment_id = new_deployment(store)
+    assert store.node(deployment_id, "node-1").bytes_done is None
+    assert store.record_progress(deployment_id, "node-1", 1024, 4096)
+    assert store.record_progress(deployment_id, "node-2", 4096, 4096)
+    with StoreReader(db) as reader:
+        records = {n.node: (n.bytes_done, n.bytes_total) for n in reader.nodes(deployment_id)}
+    assert records == {"node-1": (1024, 4096), "node-2": (4096, 4096)}
+    store.finish_node(deployment_id, "node-2", "deployed", at=T0 + 1)
+    assert not store.record_progress(deployment_id, "node-2", 0, 4096)  # late report
+    assert not store.record_progress(deployment_id, "node-9", 0, 4096)  # stray report
+    assert not store.record_progress("0" * 32, "node-1", 0, 4096)
+    assert store.node(deployment_id, "node-2").bytes_done == 4096
+    store.finish_deployment(deployment_id, DeploymentStatus.ABORTED, "cancelled", at=T0 + 2)
+    assert not store.record_progress(deployment_id, "node-1", 2048, 4096)
+    assert store.node(deployment_id, "node-1").bytes_done == 1024
+    with pytest.raises(InvalidRecord, match="byte counts >= 0"):
+        store.record_progress(deployment_id, "node-1", -1, 4096)
+
+
+def test_record_progress_goes_through_the_actor(db: Path) -> None:
+    ref, proxy = start_actor(db)
+    deployment_id = proxy.create_deployment(
+        user="alice", environment_name="e", nodes=("node-1",), at=T0
+    ).get(timeout=WAIT)
+    assert proxy.record_progress(deployment_id, "node-1", 5, 10).get(timeout=WAIT)
+    assert proxy.node(deployment_id, "node-1").get(timeout=WAIT).bytes_total == 10
+    ref.stop(timeout=WAIT)
+
+
+def test_migration_2_adds_progress_to_an_existing_version_1_database(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    raw = sqlite3.connect(db, isolation_level=None)
+    try:
+        raw.executescript(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL);"
+            + MIGRATIONS[0]
+        )
+        raw.execute("INSERT INTO schema_version VALUES (1, 0)")
+        raw.execute(
+            "INSERT INTO deployments (id, user, environment_name, environment, options, "
+            "node_count, created_at) VALUES ('d1', 'alice', 'e', '{}', '{}', 1, ?)",
+            (T0,),
+        )
+        raw.execute(
+            "INSERT INTO deployment_nodes (deployment_id, node, position, state, "
+            "step_started_at) VALUES ('d1', 'node-1', 0, 'transferring', ?)",
+            (T0,),
+        )
+    finally:
+        raw.close()
+    with Store.open(db) as store:
+        before = store.node("d1", "node-1", now=T0)
+        assert (before.state, before.bytes_done, before.bytes_total) == ("transferring", None, None)
+        assert store.record_progress("d1", "node-1", 3, 9)
+        after = store.node("d1", "node-1")
+        assert (after.bytes_done, after.bytes_total) == (3, 9)
+    raw = sqlite3.connect(db)
+    try:
+        versions = [r[0] for r in raw.execute("SELECT version FROM schema_version ORDER BY 1")]
+    finally:
+        raw.close()
+    assert versions == [1, 2] == list(range(1, SCHEMA_VERSION + 1))

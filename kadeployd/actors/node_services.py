@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 PXE_TIMEOUT = 10.0
 MANAGER_TIMEOUT = 10.0
 REBOOT_RESUBMISSIONS = 3
+PROGRESS_INTERVAL = 1.0
+"""Seconds between two progress writes of one node (the first and the last always go)."""
 REBOOT_QUEUE_ALLOWANCE = 3600.0
 """Upper bound of a reboot request's wait in the reboot window queue; the variant's timeout
 normally cancels long before."""
@@ -62,6 +65,7 @@ class NodeServicesImpl:
         self._target = SshTarget.from_node(node)
         self._connection: SshConnection | None = None
         self._lock = threading.Lock()
+        self._progress_at = float("-inf")
 
     def bind(self, token: CancelToken) -> None:
         """Attach the cancel token of the attempt about to run: cancelling it cuts SSH."""
@@ -187,6 +191,25 @@ class NodeServicesImpl:
             self._manager.chain_leave(self._node.name)
             raise StepCancelled(cancelled.reason)
         return box[0] if box else "no verdict from the chain broadcast"
+
+    def progress(self, bytes_done: int, bytes_total: int) -> None:
+        """Record the transfer's progress in the store, at most once per
+        :data:`PROGRESS_INTERVAL` (the start and the end always). Called from SSH reader or
+        writer threads; never waits for the store."""
+        total = max(0, int(bytes_total))
+        done = min(max(0, int(bytes_done)), total)
+        now = time.monotonic()
+        with self._lock:
+            boundary = done in {0, total}
+            if not boundary and now - self._progress_at < PROGRESS_INTERVAL:
+                return
+            self._progress_at = now
+        deployment_id, node = self._job.deployment_id, self._node.name
+        directory.tell(
+            self._services,
+            directory.STORE,
+            lambda store: store.record_progress(deployment_id, node, done, total),
+        )
 
     @contextlib.contextmanager
     def broadcast_slot(self, cancelled: CancelToken) -> Iterator[None]:

@@ -6,8 +6,15 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 
-from kadeployd.api.models import DeploymentOut, EnvironmentSummary, HistoryOut, NodeStateOut
-from kadeployd.store.records import DeploymentView, HistoryEntry, NodeView
+from kadeployd.api.models import (
+    DeploymentOut,
+    EnvironmentSummary,
+    HistoryOut,
+    NodeStateOut,
+    ProgressOut,
+    TransferOut,
+)
+from kadeployd.store.records import SUCCESS_NODE_STATES, DeploymentView, HistoryEntry, NodeView
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +55,25 @@ def node_state_out(view: NodeView) -> NodeStateOut:
         error_step=view.error_step,
         error_message=view.error_message,
         elapsed=view.elapsed,
+        bytes_done=view.bytes_done,
+        bytes_total=view.bytes_total,
+    )
+
+
+def progress_out(nodes: Iterable[NodeView]) -> ProgressOut | None:
+    """The deployment's image transfer over its nodes (see :class:`ProgressOut` for which);
+    None while no node has started one."""
+    transfers = {
+        n.node: TransferOut(bytes_done=n.bytes_done or 0, bytes_total=n.bytes_total)
+        for n in nodes
+        if n.bytes_total is not None and (not n.final or n.state in SUCCESS_NODE_STATES)
+    }
+    if not transfers:
+        return None
+    return ProgressOut(
+        bytes_done=sum(t.bytes_done for t in transfers.values()),
+        bytes_total=sum(t.bytes_total for t in transfers.values()),
+        nodes=transfers,
     )
 
 

@@ -168,6 +168,28 @@ class NodeStateOut(BaseModel):
     error_step: str | None
     error_message: str | None
     elapsed: float | None
+    bytes_done: int | None = None
+    """Bytes of the image the node's latest transfer got; None before any transfer."""
+    bytes_total: int | None = None
+    """Size of the image transferred; None before any transfer."""
+
+
+class TransferOut(BaseModel):
+    """How far one node's image transfer is."""
+
+    bytes_done: int
+    bytes_total: int
+
+
+class ProgressOut(BaseModel):
+    """The ``progress`` event: the image transfer of a deployment.
+
+    Counts the nodes that started a transfer and did not fail: a node past its transfer
+    counts as complete, a failed one leaves the sums (it would hold them below 100 %)."""
+
+    bytes_done: int
+    bytes_total: int
+    nodes: dict[str, TransferOut]
 
 
 class HistoryOut(BaseModel):

@@ -10,6 +10,10 @@ client that reconnects with ``Last-Event-ID`` misses nothing) and sends::
     event: log          <- only with ?logs=true
     data: {"seq": 7, "node": "n-1", "stream": "stdout", "text": "..."}
 
+    event: progress     <- when the image transfer moved (at most once per poll)
+    data: {"bytes_done": 1048576, "bytes_total": 4194304,
+           "nodes": {"n-1": {"bytes_done": 1048576, "bytes_total": 2097152}, ...}}
+
     event: end          <- once the deployment is over and every state was sent
     data: {"id": "...", "status": "succeeded", ...}
 
@@ -30,8 +34,9 @@ from fastapi.responses import StreamingResponse
 
 from kadeployd.api.auth import CallerDep, Context
 from kadeployd.api.context import ApiContext
-from kadeployd.api.convert import deployment_out, history_out
+from kadeployd.api.convert import deployment_out, history_out, progress_out
 from kadeployd.api.errors import ApiError
+from kadeployd.api.models import ProgressOut
 from kadeployd.api.responses import ERRORS
 from kadeployd.store.records import DeploymentStatus, DeploymentView, HistoryEntry, LogLine
 
@@ -75,12 +80,20 @@ def deployment_events(
 
 def _poll(
     context: ApiContext, deployment_id: str, after: int, log_after: int | None
-) -> tuple[DeploymentView, list[HistoryEntry], list[LogLine]]:
+) -> tuple[DeploymentView, list[HistoryEntry], list[LogLine], ProgressOut | None]:
     # The view first: if it says finished, the entries read after it are complete.
     view = context.reader.deployment(deployment_id)
     entries = context.reader.state_changes(deployment_id, after)
     lines = [] if log_after is None else context.reader.log(deployment_id, None, log_after, 10_000)
-    return view, entries, lines
+    progress = progress_out(context.reader.nodes(deployment_id))
+    return view, entries, lines, progress
+
+
+def progress_event(progress: ProgressOut | None, sent: ProgressOut | None) -> str | None:
+    """The ``progress`` event to send for ``progress`` if it differs from the last ``sent``."""
+    if progress is None or progress == sent:
+        return None
+    return f"event: progress\ndata: {progress.model_dump_json()}\n\n"
 
 
 async def _stream(
@@ -88,8 +101,9 @@ async def _stream(
 ) -> AsyncIterator[str]:
     log_after: int | None = 0 if logs else None
     quiet_since = time.monotonic()
+    sent: ProgressOut | None = None
     while not context.stopping.is_set():
-        view, entries, lines = await anyio.to_thread.run_sync(
+        view, entries, lines, progress = await anyio.to_thread.run_sync(
             _poll, context, deployment_id, after, log_after
         )
         for entry in entries:
@@ -100,6 +114,10 @@ async def _stream(
             data = {"seq": line.seq, "node": line.node, "at": line.at}
             data.update(stream=line.stream.value, text=line.text)
             yield f"event: log\ndata: {json.dumps(data)}\n\n"
+        if (text := progress_event(progress, sent)) is not None:
+            sent = progress
+            quiet_since = time.monotonic()
+            yield text
         if entries or lines:
             quiet_since = time.monotonic()
         if view.status != DeploymentStatus.RUNNING and len(entries) < 10_000 > len(lines):

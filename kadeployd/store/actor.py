@@ -63,6 +63,7 @@ class StoreProxy(ActorMemberMixin, pykka.ActorProxy[StoreActor]):
     add_nodes = proxy_method(StoreActor.add_nodes)
     record_state = proxy_method(StoreActor.record_state)
     finish_node = proxy_method(StoreActor.finish_node)
+    record_progress = proxy_method(StoreActor.record_progress)
     append_log = proxy_method(StoreActor.append_log)
     append_logs = proxy_method(StoreActor.append_logs)
     finish_deployment = proxy_method(StoreActor.finish_deployment)

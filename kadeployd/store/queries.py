@@ -324,4 +324,6 @@ def _node_view(row: sqlite3.Row, now: float) -> NodeView:
         error_step=row["error_step"],
         error_message=row["error_message"],
         elapsed=None if final else max(0.0, now - row["step_started_at"]),
+        bytes_done=row["bytes_done"],
+        bytes_total=row["bytes_total"],
     )

@@ -96,6 +96,10 @@ class NodeView:
     error_message: str | None
     elapsed: float | None
     """Seconds spent so far in the current state, at the time of the read; None once final."""
+    bytes_done: int | None = None
+    """Bytes of the image transferred by the node's latest transfer; None before any."""
+    bytes_total: int | None = None
+    """Size of the image being transferred; None before any transfer."""
 
 
 @dataclass(frozen=True, slots=True)

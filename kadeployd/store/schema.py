@@ -114,7 +114,14 @@ CREATE TABLE rights (
 CREATE INDEX rights_by_node ON rights (node);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+_V2 = """
+-- Image transfer progress of a node (bytes sent or relayed of the image, and its size);
+-- NULL until the node's first transfer reports.
+ALTER TABLE deployment_nodes ADD COLUMN bytes_done INTEGER;
+ALTER TABLE deployment_nodes ADD COLUMN bytes_total INTEGER;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 """Every schema change, oldest first. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -252,6 +252,26 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
         logger.info("%s %s: %s %s", deployment_id, node, state, message)
         return True
 
+    def record_progress(
+        self, deployment_id: str, node: str, bytes_done: int, bytes_total: int
+    ) -> bool:
+        """Record how far the node's image transfer is; False (no change) once the node is
+        final, its deployment ended, or the node is unknown: progress is advisory, a late or
+        stray report is dropped, never an error (it comes as a fire-and-forget message)."""
+        done, total = int(bytes_done), int(bytes_total)
+        if done < 0 or total < 0:
+            raise InvalidRecord(
+                f"progress must be byte counts >= 0, not {bytes_done!r}/{bytes_total!r}"
+            )
+        with self._writing() as conn:
+            cursor = conn.execute(
+                "UPDATE deployment_nodes SET bytes_done = ?, bytes_total = ? "
+                "WHERE deployment_id = ? AND node = ? AND final = 0 AND EXISTS ("
+                "SELECT 1 FROM deployments WHERE id = ? AND status = 'running')",
+                (done, total, deployment_id, node, deployment_id),
+            )
+            return cursor.rowcount > 0
+
     def append_log(
         self,
         deployment_id: str,

@@ -83,6 +83,11 @@ class NodeServices(Protocol):
         """Wait for the round's verdict on this node: None if it got a correct image."""
         ...
 
+    def progress(self, bytes_done: int, bytes_total: int) -> None:
+        """Report how far the image transfer is (fire and forget, rate-limited: cheap to call
+        often; the first report, 0, and the last, ``bytes_done == bytes_total``, always go)."""
+        ...
+
     def broadcast_slot(self, cancelled: CancelToken) -> AbstractContextManager[None]:
         """Hold one of the deployment's direct-transfer slots (bounded concurrency)."""
         ...

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from kadeployd.chain import ReportError, parse_report, relay_arguments, relay_source
 from kadeployd.environment import Compression, ImageKind, ScriptArchive
@@ -29,6 +31,8 @@ _DECOMPRESS = {
     Compression.NONE: "cat",
 }
 _MNT = shlex.quote(MOUNT_POINT)
+_PIECE = 1024 * 1024
+"""Size of the image pieces the direct transfer reads (the SSH adapter's stdin piece)."""
 
 
 def _bash(script: str) -> str:
@@ -160,6 +164,16 @@ def _mount_raw_image(ctx: StepContext) -> None:
         mount_deploy_partition(ctx)
 
 
+def _counted(image: BinaryIO, total: int, progress: Callable[[int, int], None]) -> Iterator[bytes]:
+    """The image in pieces; ``progress(sent, total)`` once each piece was taken by the SSH
+    writer (it asks for the next one only after sending the previous one)."""
+    done = 0
+    while piece := image.read(_PIECE):
+        yield piece
+        done += len(piece)
+        progress(done, total)
+
+
 def send_image_direct(ctx: StepContext) -> None:
     """Stream the image from the server to this node over SSH, decompressing on the node."""
     writer = _image_writer(ctx)
@@ -167,7 +181,10 @@ def send_image_direct(ctx: StepContext) -> None:
         ctx.set_state(NodeState.TRANSFERRING)
         try:
             with ctx.job.image.open("rb") as image:
-                ctx.run(_bash(writer), stdin=image, what="image transfer")
+                total = ctx.job.image.stat().st_size
+                ctx.services.progress(0, total)
+                pieces = _counted(image, total, ctx.services.progress)
+                ctx.run(_bash(writer), stdin=pieces, what="image transfer")
         except OSError as exc:
             raise StepFailed(f"cannot read image {ctx.job.image}: {exc.strerror}") from None
     _mount_raw_image(ctx)
@@ -188,6 +205,10 @@ def send_image_chain(ctx: StepContext) -> None:
     timeout = ctx.command_timeout
     writer_argv = ["bash", "-o", "pipefail", "-c", writer]
     argv = ["python3", relay, *relay_arguments(writer_argv, idle_timeout=timeout)]
+    try:
+        total = ctx.job.image.stat().st_size
+    except OSError as exc:
+        raise StepFailed(f"cannot read image {ctx.job.image}: {exc.strerror}") from None
 
     def watch(stream: str, text: str) -> None:
         ctx.log(stream, text)
@@ -196,8 +217,11 @@ def send_image_chain(ctx: StepContext) -> None:
                 event = parse_report(text)
                 if event.kind == "listening" and event.port:
                     ctx.services.chain_join(event.port)
+                elif event.kind == "progress":
+                    ctx.services.progress(min(event.bytes, total), total)
 
     ctx.set_state(NodeState.TRANSFERRING)
+    ctx.services.progress(0, total)
     ctx.log("cmd", shlex.join(argv))
     result = ctx.services.shell().run(argv, timeout=timeout, stdin=secret + b"\n", on_output=watch)
     verdict = ctx.services.chain_verdict(ctx.cancelled)
@@ -205,6 +229,7 @@ def send_image_chain(ctx: StepContext) -> None:
         raise StepFailed(f"chain transfer: {verdict}")
     if result.returncode != 0:
         raise StepFailed(f"chain relay: exit status {result.returncode}: {result.stderr_tail(3)}")
+    ctx.services.progress(total, total)  # the verdict: this node has the whole image
     _mount_raw_image(ctx)
 
 
