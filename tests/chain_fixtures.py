@@ -18,11 +18,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import waiting
 
 from kadeployd.chain import Hop, RelayEvent, parse_report, relay_arguments
 from kadeployd.chain.command import RELAY_PATH
@@ -34,12 +34,8 @@ PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.execut
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
-    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.01)
+    """Poll ``predicate`` until it is true (see :mod:`waiting`)."""
+    waiting.wait_until(predicate, timeout, what)
 
 
 def vm_rss_kib(pid: int) -> int:

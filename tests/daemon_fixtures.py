@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import tarfile
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pykka
 import pytest
+import waiting
 import zstandard
 
 from kadeployd.daemon import Daemon
@@ -23,15 +23,8 @@ T = TypeVar("T")
 
 
 def wait_until(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    """Poll ``probe`` until it returns something truthy (see :mod:`waiting`)."""
+    return waiting.wait_until(probe, timeout, what)  # type: ignore[return-value]
 
 
 def make_tar_environment(directory: Path, name: str = "tiny", with_kernel: bool = True) -> Path:

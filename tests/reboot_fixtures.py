@@ -5,23 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+import waiting
 
 WAIT = 15.0
 """Upper bound for any wait in these tests; never reached when things work."""
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
-    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.02)
+    """Poll ``predicate`` until it is true (see :mod:`waiting`)."""
+    waiting.wait_until(predicate, timeout, what)
 
 
 def process_alive(pid: int) -> bool:

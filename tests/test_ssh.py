@@ -10,12 +10,12 @@ import subprocess
 import tarfile
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pykka
 import pytest
+import waiting
 from sshd_fixtures import ClientKeys, SshdServer, client_keys, sshd
 
 from kadeployd.adapters.commands import CommandResult
@@ -47,12 +47,8 @@ def _stop_actors() -> Iterator[None]:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(0.02)
+    """Poll ``predicate`` until it holds (see :mod:`waiting`)."""
+    waiting.wait_until(predicate, timeout)
 
 
 def remote_processes(server: SshdServer, marker: str) -> list[int]:
