@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import waiting
 
 SSHD = "/usr/sbin/sshd"
 START_TIMEOUT = 10.0
@@ -167,11 +168,9 @@ class SshdServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         process.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in pids[1:]):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sshd sessions {pids[1:]} still alive after SIGKILL")
-            time.sleep(0.02)
+        waiting.wait_until(
+            lambda: not any(alive(pid) for pid in pids[1:]), 10, f"sshd sessions {pids[1:]} to end"
+        )
 
     def restart(self) -> None:
         """Kill everything, then start again on the same port with a NEW host key."""

@@ -18,7 +18,7 @@ from typing import Any
 import pykka
 import pytest
 import yaml
-from workflow_helpers import reset, start_testbed
+from workflow_helpers import ConfEdit, reset, start_testbed
 
 from kadeployd.daemon import Daemon
 
@@ -61,10 +61,6 @@ def user_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def nodes(bed: Any) -> tuple[str, ...]:
     """The node names of ``bed``, reset."""
     return reset(bed)
-
-
-ConfEdit = Callable[[dict[str, Any], dict[str, Any]], None]
-"""Edits (deploy.conf data, cluster file data) of the copied configuration."""
 
 
 @pytest.fixture

@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 from daemon_fixtures import wait_until
-from workflow_helpers import os_release, request_for, reset, start_testbed, wait_finished
+from workflow_helpers import (
+    os_release,
+    request_for,
+    reset,
+    start_testbed,
+    variant,
+    variants,
+    wait_finished,
+)
 
 from kadeployd.daemon import Daemon
 
@@ -31,11 +39,10 @@ def shaped_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         down(directory)
 
 
-def chain_only(deploy_conf: dict[str, Any], cluster: dict[str, Any]) -> None:
-    """SetDeploymentEnv prod (no reboot), then the chain alone: one attempt, no fallback."""
-    steps = deploy_conf["automata"]["macrosteps"]
-    steps["SetDeploymentEnv"] = [{"type": "prod", "retries": 0, "timeout": 60}]
-    steps["BroadcastEnv"] = [{"type": "chain", "retries": 0, "timeout": 300}]
+CHAIN_ONLY = variants(
+    set_env=[variant("prod")],  # no reboot: the broadcast is what these tests look at
+    broadcast=[variant("chain", timeout=300)],  # one attempt, no fallback to direct
+)
 
 
 def test_the_default_broadcast_is_the_chain(
@@ -69,7 +76,7 @@ def test_a_node_dying_mid_stream_is_cut_out_and_the_others_get_the_image(
 ) -> None:
     nodes = reset(shaped_bed)
     victim = nodes[1]
-    daemon = start_daemon(chain_only, testbed=shaped_bed)
+    daemon = start_daemon(CHAIN_ONLY, testbed=shaped_bed)
     request = request_for(padded_image, nodes, user_key)
     deployment_id = daemon.deploy(request)
     reader = daemon.reader()
@@ -114,7 +121,7 @@ def test_a_stalled_node_is_cut_out_after_its_stall_timeout(
 ) -> None:
     nodes = reset(shaped_bed)
     frozen = nodes[2]
-    daemon = start_daemon(chain_only, testbed=shaped_bed)
+    daemon = start_daemon(CHAIN_ONLY, testbed=shaped_bed)
     deployment_id = daemon.deploy(request_for(padded_image, nodes, user_key))
     reader = daemon.reader()
     wait_until(
@@ -141,7 +148,7 @@ def test_a_connection_without_the_secret_is_refused_and_the_broadcast_goes_on(
 ) -> None:
     nodes = reset(shaped_bed)
     target = nodes[1]
-    daemon = start_daemon(chain_only, testbed=shaped_bed)
+    daemon = start_daemon(CHAIN_ONLY, testbed=shaped_bed)
     deployment_id = daemon.deploy(request_for(padded_image, nodes, user_key))
     reader = daemon.reader()
     port = wait_until(lambda: _relay_port(reader, deployment_id, target), 120, f"{target}'s relay")

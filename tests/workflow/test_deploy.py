@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 from daemon_fixtures import wait_until
 from pykka.messages import ProxyCall
-from workflow_helpers import DEPLOY_TIMEOUT, deploy, os_release, request_for, wait_finished
+from workflow_helpers import (
+    DEPLOY_TIMEOUT,
+    deploy,
+    os_release,
+    request_for,
+    variant,
+    variants,
+    wait_finished,
+)
 
 from kadeployd.daemon import Daemon
 from kadeployd.environment import load_environment
@@ -23,19 +31,6 @@ pytestmark = pytest.mark.root
 
 def states(daemon: Daemon, deployment_id: str) -> dict[str, str]:
     return {n.node: n.state for n in daemon.reader().nodes(deployment_id)}
-
-
-def variants(
-    set_env: list[dict[str, Any]] | None = None, boot: list[dict[str, Any]] | None = None
-) -> Callable[[dict[str, Any], dict[str, Any]], None]:
-    def edit(deploy_conf: dict[str, Any], cluster: dict[str, Any]) -> None:
-        steps = deploy_conf["automata"]["macrosteps"]
-        if set_env is not None:
-            steps["SetDeploymentEnv"] = set_env
-        if boot is not None:
-            steps["BootNewEnv"] = boot
-
-    return edit
 
 
 @pytest.mark.parametrize("kind", ["tar", "dd"])
@@ -74,7 +69,7 @@ def test_prod_variant_deploys_without_rebooting_into_the_deploy_env(
     user_key: Path,
     start_daemon: Callable[..., Daemon],
 ) -> None:
-    daemon = start_daemon(variants(set_env=[{"type": "prod", "retries": 0, "timeout": 60}]))
+    daemon = start_daemon(variants(set_env=[variant("prod")]))
     view = deploy(daemon, images["tar"], nodes, user_key)
     assert view.status == "succeeded", daemon.reader().nodes(view.id)
     for node in nodes:
@@ -86,7 +81,7 @@ def test_prod_variant_deploys_without_rebooting_into_the_deploy_env(
         ]
 
 
-FAST_FAIL = variants(set_env=[{"type": "untrusted", "retries": 1, "timeout": 15}])
+FAST_FAIL = variants(set_env=[variant("untrusted", retries=1, timeout=15)])
 
 
 def test_node_that_never_boots_fails_after_its_retries_and_the_others_succeed(
@@ -118,7 +113,7 @@ def test_min_nodes_reached_does_not_wait_for_the_failing_node(
     start_daemon: Callable[..., Daemon],
 ) -> None:
     bed.fault(nodes[3], "noboot")
-    daemon = start_daemon(variants(set_env=[{"type": "untrusted", "retries": 5, "timeout": 300}]))
+    daemon = start_daemon(variants(set_env=[variant("untrusted", retries=5, timeout=300)]))
     view = deploy(daemon, images["tar"], nodes, user_key, min_nodes=3)
     assert view.status == "succeeded"
     assert view.reason.startswith("min nodes reached")
@@ -170,7 +165,7 @@ def test_truncated_image_fails_the_transfer_on_every_node(
     broken.write_bytes(data[: len(data) // 2])
     description = tmp_path / "broken.yaml"
     description.write_text(images["tar"].read_text().replace(env.image.file.name, broken.name))
-    daemon = start_daemon(variants(set_env=[{"type": "prod", "retries": 0, "timeout": 60}]))
+    daemon = start_daemon(variants(set_env=[variant("prod")]))
     view = deploy(daemon, description, nodes[:2], None)
     assert view.status == "failed"
     # Found either while the daemon reads the kernel out of the image (before any node is
@@ -187,7 +182,7 @@ def test_truncated_image_fails_the_transfer_on_every_node(
 def test_unmountable_deploy_partition_is_a_clear_per_node_error(
     bed: Any, nodes: tuple[str, ...], images: dict[str, Path], start_daemon: Callable[..., Daemon]
 ) -> None:
-    daemon = start_daemon(variants(set_env=[{"type": "prod", "retries": 0, "timeout": 60}]))
+    daemon = start_daemon(variants(set_env=[variant("prod")]))
     view = deploy(daemon, images["tar"], nodes[:1], None, deploy_partition=9)
     node = daemon.reader().node(view.id, nodes[0])
     assert node.state == "deploy_failed"

@@ -7,33 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from workflow_helpers import request_for, wait_finished
+from workflow_helpers import request_for, variant, variants, wait_finished
 
 from kadeployd.daemon import Daemon
 
 pytestmark = pytest.mark.root
 
 
-def broadcast(variant: str) -> Callable[[dict[str, Any], dict[str, Any]], None]:
-    """A configuration edit: BroadcastEnv is ``variant`` alone, no fallback."""
-
-    def edit(deploy_conf: dict[str, Any], cluster: dict[str, Any]) -> None:
-        steps = deploy_conf["automata"]["macrosteps"]
-        steps["BroadcastEnv"] = [{"type": variant, "retries": 1, "timeout": 300}]
-
-    return edit
-
-
-@pytest.mark.parametrize("variant", ["chain", "direct"])
+@pytest.mark.parametrize("kind", ["chain", "direct"])
 def test_a_deployment_records_every_node_fully_transferred(
-    variant: str,
+    kind: str,
     bed: Any,
     nodes: tuple[str, ...],
     images: dict[str, Path],
     user_key: Path,
     start_daemon: Callable[..., Daemon],
 ) -> None:
-    daemon = start_daemon(broadcast(variant))
+    daemon = start_daemon(variants(broadcast=[variant(kind, retries=1, timeout=300)]))
     request = request_for(images["tar"], nodes, user_key)
     size = request.environment.image.file.stat().st_size
     view = wait_finished(daemon, daemon.deploy(request))
@@ -42,7 +32,5 @@ def test_a_deployment_records_every_node_fully_transferred(
     assert {n.node for n in records} == set(nodes)
     for record in records:
         assert (record.bytes_done, record.bytes_total) == (size, size), record
-    variants = {
-        h.variant for h in daemon.reader().history(view.id) if h.macrostep == "BroadcastEnv"
-    }
-    assert variants == {variant}
+    used = {h.variant for h in daemon.reader().history(view.id) if h.macrostep == "BroadcastEnv"}
+    assert used == {kind}

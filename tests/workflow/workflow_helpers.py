@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,32 @@ def os_release(testbed: Any, node: str, key: Path) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+ConfEdit = Callable[[dict[str, Any], dict[str, Any]], None]
+"""Edits (deploy.conf data, cluster file data) of a copied testbed configuration."""
+
+
+def variant(kind: str, retries: int = 0, timeout: float | str = 60) -> dict[str, Any]:
+    """One entry of a macrostep's variant list."""
+    return {"type": kind, "retries": retries, "timeout": timeout}
+
+
+def variants(
+    set_env: list[dict[str, Any]] | None = None,
+    broadcast: list[dict[str, Any]] | None = None,
+    boot: list[dict[str, Any]] | None = None,
+) -> ConfEdit:
+    """A configuration edit replacing the given macrosteps' variant lists."""
+
+    def edit(deploy_conf: dict[str, Any], cluster: dict[str, Any]) -> None:
+        steps = deploy_conf["automata"]["macrosteps"]
+        for name, chosen in (
+            ("SetDeploymentEnv", set_env),
+            ("BroadcastEnv", broadcast),
+            ("BootNewEnv", boot),
+        ):
+            if chosen is not None:
+                steps[name] = chosen
+
+    return edit
