@@ -11,12 +11,16 @@ delivers the same image to the first N nodes:
 - ``chain``, ``direct``: through the daemon (in-process, on a copy of the testbed's
   configuration): SetDeploymentEnv ``prod`` (no reboot), BroadcastEnv ``chain`` or ``direct``,
   BootNewEnv ``dummy``, a tar+zstd image whose padding is incompressible (zstd stores it in raw
-  blocks, so decompression costs next to nothing and the nodes really extract S bytes). The
-  time is read from the store's state history: from the first node entering ``transferring``
-  to the last node leaving ``BroadcastEnv`` (mounting the deploy partition, sending the relay,
-  the stream, and the tail: kernel file checks, sync and umount). The ``stream`` column keeps
-  only the stream: from the first node's stream start (its second ``transferring`` record) to
-  the last node's writer done (its ``postinstall`` record).
+  blocks, so decompression costs next to nothing and the nodes really extract S bytes).
+  **transfer** (what the ratio is on): chain, from the round's start (every relay listening,
+  the server starts streaming) to its end (the acknowledgement: every node holds the whole
+  stream and its writer finished), from the ``chain round started/ended`` lines the daemon
+  writes in the nodes' logs; direct, from the first node's stream start (its second
+  ``transferring`` record: the SSH command started) to the last writer done (``postinstall``).
+  **BroadcastEnv** is the whole macrostep, from the store's state history: from the first node
+  entering ``transferring`` to the last node leaving the macrostep; on top of the transfer it
+  holds each node's set-up (mount the deploy partition, start the relay) and tail (kernel
+  file checks, umount).
 - ``udpcast``: Debian's udp-sender on the bridge, one udp-receiver per node in its namespace
   writing to /dev/null; the time is from udp-sender's "Starting transfer" to its
   "Transfer complete." (the 2-s rendezvous before it is not counted).
@@ -63,10 +67,11 @@ from _testbed import (
 from kadeploy_testbed.image import ImageResult, MakeImageError, make_image
 from kadeploy_testbed.layout import BRIDGE
 from kadeploy_testbed.testbed import Testbed
+from kadeployd.actors.manager import CHAIN_ROUND_ENDED, CHAIN_ROUND_STARTED
 from kadeployd.config import VARIANTS, Macrostep
 from kadeployd.daemon import Daemon
 from kadeployd.environment import load_environment
-from kadeployd.store.records import HistoryEntry
+from kadeployd.store.records import HistoryEntry, LogLine
 from kadeployd.workflow.job import DeploymentRequest
 
 logger = logging.getLogger(__name__)
@@ -93,9 +98,9 @@ class Result:
     method: str
     nodes: int
     seconds: float | None
-    stream_seconds: float | None = None
-    """Daemon methods: from the first stream start to the last writer done (no mount, relay
-    upload, sync or umount); udpcast: the same as ``seconds``."""
+    """The transfer: the first byte sent to the last node holding the image (module doc)."""
+    step_seconds: float | None = None
+    """Daemon methods: the whole BroadcastEnv macrostep, set-up and tail included."""
     window: tuple[float, float] | None = None
     """Unix times the measured span began and ended."""
     cpu: float | None = None
@@ -196,16 +201,28 @@ def measure_daemon(
                     + "; ".join(failures[:4])
                 )
             spans = [_span(reader.history(deployment_id, name)) for name in names]
+            logs = reader.log(deployment_id)
         finally:
             reader.close()
     began, ended = min(s.entered for s in spans), max(s.left for s in spans)
-    return Result(
-        method,
-        n,
-        seconds=ended - began,
-        stream_seconds=max(s.written for s in spans) - min(s.streaming for s in spans),
-        window=(began, ended),
-    )
+    if method == "chain":
+        start, end = _chain_rounds(logs)
+    else:
+        start, end = min(s.streaming for s in spans), max(s.written for s in spans)
+    return Result(method, n, seconds=end - start, step_seconds=ended - began, window=(start, end))
+
+
+def _chain_rounds(logs: list[LogLine]) -> tuple[float, float]:
+    """From the first chain round's start to the last one's end (one round when all went
+    well; a node joining late or retrying makes another)."""
+    starts = [line.at for line in logs if line.text.startswith(CHAIN_ROUND_STARTED)]
+    ends = [line.at for line in logs if line.text.startswith(CHAIN_ROUND_ENDED)]
+    if not starts or not ends:
+        raise BenchError("no chain round recorded in the nodes' logs")
+    rounds = {line.text for line in logs if line.text.startswith(CHAIN_ROUND_STARTED)}
+    if len(rounds) > 1:
+        print(f"  note: {len(rounds)} chain rounds", flush=True)
+    return min(starts), max(ends)
 
 
 # ---------------------------------------------------------------- udpcast
@@ -290,13 +307,7 @@ def measure_udpcast(
                     f"udpcast N={n}: {name}'s udp-receiver exited {code} after {got} of "
                     f"{size} bytes (log {log_path})"
                 )
-        return Result(
-            "udpcast",
-            n,
-            seconds=done - started,
-            stream_seconds=done - started,
-            window=(started, done),
-        )
+        return Result("udpcast", n, seconds=done - started, window=(started, done))
     finally:
         if sender is not None:
             _stop(sender)
@@ -319,25 +330,25 @@ def _read_lines(proc: subprocess.Popen[bytes], into: list[tuple[float, str]]) ->
 def _table(results: list[Result], size: int, bits: float) -> list[list[str]]:
     limit = size * 8 / bits
     rows = [
-        ["method", "N", "time s", "Mbit/s/node", "aggregate Mbit/s", "ratio", "stream s",
-         "stream ratio", "CPU busy"]
+        ["method", "N", "transfer s", "ratio", "Mbit/s/node", "aggregate Mbit/s",
+         "BroadcastEnv s", "BroadcastEnv ratio", "CPU busy"]
     ]  # fmt: skip
     for r in results:
         if r.seconds is None:
             rows.append([r.method, str(r.nodes), "FAILED", "", "", "", "", "", ""])
             continue
         per_node = size * 8 / r.seconds / 1e6
-        stream = r.stream_seconds
+        step = r.step_seconds
         rows.append(
             [
                 r.method,
                 str(r.nodes),
                 f"{r.seconds:.2f}",
+                f"{r.seconds / limit:.3f}",
                 f"{per_node:.1f}",
                 f"{per_node * r.nodes:.1f}",
-                f"{r.seconds / limit:.3f}",
-                "" if stream is None else f"{stream:.2f}",
-                "" if stream is None else f"{stream / limit:.3f}",
+                "" if step is None else f"{step:.2f}",
+                "" if step is None else f"{step / limit:.3f}",
                 "" if r.cpu is None else f"{r.cpu:.0%}",
             ]
         )
@@ -349,15 +360,17 @@ def _growth(results: list[Result], methods: list[str], low: int, high: int) -> l
     if low == high:
         return out
     for method in methods:
-        times = {r.nodes: (r.seconds, r.stream_seconds) for r in results if r.method == method}
-        (small, small_stream), (big, big_stream) = (
+        times = {r.nodes: (r.seconds, r.step_seconds) for r in results if r.method == method}
+        (small, small_step), (big, big_step) = (
             times.get(low, (None, None)),
             times.get(high, (None, None)),
         )
-        if small and big and small_stream and big_stream:
+        if small and big:
+            steps = (
+                f" (BroadcastEnv: {big_step / small_step:.3f})" if small_step and big_step else ""
+            )
             out.append(
-                f"{method}: time(N={high}) / time(N={low}) = {big / small:.3f} "
-                f"(stream: {big_stream / small_stream:.3f})"
+                f"{method}: transfer(N={high}) / transfer(N={low}) = {big / small:.3f}{steps}"
             )
     return out
 

@@ -1,8 +1,8 @@
 """Real chain relays on loopback for the chain tests.
 
-``RelayProcess`` runs a copy of ``kadeployd/chain/relay.py`` with the system ``python3 -I -S``
-(no site-packages: the relay must need nothing but the standard library), writes the secret on
-its stdin, and collects its JSON reports from a reader thread. Every relay runs in its own
+``RelayProcess`` runs the relay the way a node does (``relay_launch``: its source and the secret
+on stdin) with the system ``python3 -I -S`` (no site-packages: the relay must need nothing but
+the standard library), and collects its JSON reports from a reader thread. Every relay runs in its own
 session so teardown can kill it together with its writer.
 
 A test module uses the fixture by importing it:
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,8 +23,14 @@ from pathlib import Path
 import pytest
 import waiting
 
-from kadeployd.chain import Hop, RelayEvent, parse_report, relay_arguments
-from kadeployd.chain.command import RELAY_PATH
+from kadeployd.chain import (
+    Hop,
+    RelayEvent,
+    parse_report,
+    relay_arguments,
+    relay_launch,
+    relay_stdin,
+)
 
 WAIT = 60.0
 """Upper bound for any wait in these tests; never reached when things work."""
@@ -58,13 +63,11 @@ class RelayProcess:
     ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        program = workdir / "relay.py"
-        shutil.copyfile(RELAY_PATH, program)
         args = relay_arguments(writer, listen="127.0.0.1:0", **options)  # type: ignore[arg-type]
         self.stderr_path = workdir / "stderr.txt"
         self._stderr = self.stderr_path.open("wb")
         self.proc = subprocess.Popen(
-            [PYTHON, "-I", "-S", str(program), *args],
+            relay_launch(args, python=(PYTHON, "-I", "-S")),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -72,7 +75,7 @@ class RelayProcess:
             start_new_session=True,
         )
         assert self.proc.stdin is not None
-        self.proc.stdin.write(secret + b"\n")
+        self.proc.stdin.write(relay_stdin(secret))
         self.proc.stdin.close()
         self.events: list[RelayEvent] = []
         self._lock = threading.Lock()

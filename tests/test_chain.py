@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -382,3 +383,79 @@ def test_relay_without_upstream_gives_up_after_its_idle_timeout(relays: RelayFac
     assert relay.wait_exit() == 3
     (error,) = relay.of_kind("error")
     assert "nothing from upstream" in error.reason
+
+
+@pytest.fixture
+def ext4_mount(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A real ext4 filesystem on a loop device, mounted; yields (mount point, loop device)."""
+    # Roomy (sparse): on a nearly full ext4, delayed allocation gives up and writes at once.
+    # Tables and journal initialised now, so no background zeroing writes to the device later.
+    backing = tmp_path / "disk.img"
+    with backing.open("wb") as disk:
+        disk.truncate(1024 * MIB)
+    mkfs = ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]
+    subprocess.run([*mkfs, str(backing)], check=True, timeout=WAIT)
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    ).stdout.strip()
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    try:
+        subprocess.run(["mount", device, str(mount_point)], check=True, timeout=WAIT)
+        try:
+            yield mount_point, device
+        finally:
+            subprocess.run(["umount", str(mount_point)], check=True, timeout=WAIT)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True, timeout=WAIT)
+
+
+def _kib_written(device: str) -> int:
+    """KiB written to the block device so far (what reached it, not what sits in the cache)."""
+    sectors = Path(f"/sys/block/{Path(device).name}/stat").read_text().split()[6]
+    return int(sectors) // 2
+
+
+@pytest.mark.root
+def test_flush_makes_the_disk_write_during_the_stream(
+    relays: RelayFactory, tmp_path: Path, ext4_mount: tuple[Path, str]
+) -> None:
+    # Without flushing, what the writer wrote would sit in the page cache until umount: the
+    # kernel starts writeback only past a share of RAM, or after 30 s. The writer is paced
+    # (about 3 s for 48 MiB) so that the stream lasts several of the flusher's periods.
+    mount_point, device = ext4_mount
+    image = random_file(tmp_path / "image.raw", 48 * MIB)
+    target = mount_point / "image.raw"
+    secret = new_secret()
+    before = _kib_written(device)
+    writer = slow_writer(target, block=MIB // 16, pause=0.004)
+    relay = relays.start("flushing", writer, secret, flush=str(mount_point), flush_mib=4)
+
+    result = send_chain(image, [relay.wait_listening()], secret)
+
+    assert result.failures([f"127.0.0.1:{relay.port}"]) == {}
+    assert relay.wait_exit() == 0
+    assert sha256_of(target) == sha256_of(image)
+    assert _kib_written(device) - before >= 24 * 1024, "the image was not written back yet"
+    assert "flush" not in relay.stderr_path.read_text()
+
+
+def test_relay_reports_an_unflushable_path_and_still_delivers(
+    relays: RelayFactory, tmp_path: Path
+) -> None:
+    image = random_file(tmp_path / "image.raw", 8 * MIB)
+    output = tmp_path / "out"
+    secret = new_secret()
+    missing = tmp_path / "no-such-dir"
+    relay = relays.start("unflushable", raw_writer(output), secret, flush=str(missing))
+
+    result = send_chain(image, [relay.wait_listening()], secret)
+
+    assert result.failures([f"127.0.0.1:{relay.port}"]) == {}
+    assert relay.wait_exit() == 0
+    assert sha256_of(output) == sha256_of(image)
+    assert f"cannot open {missing} to flush it" in relay.stderr_path.read_text()

@@ -85,9 +85,15 @@ def test_hop_result_from_a_bad_ack_entry_is_a_report_error() -> None:
 
 def test_relay_arguments_round_trip_through_the_relay_parser() -> None:
     writer = ["sh", "-c", "zstd -dc | tar -x -C '/mnt/dest dir'"]
-    args = parse_args(relay_arguments(writer, stall_timeout=2.5, ring_mib=8, secret_env="S"))
+    args = parse_args(
+        relay_arguments(
+            writer, stall_timeout=2.5, ring_mib=8, secret_env="S", flush="/mnt/d d", flush_mib=2
+        )
+    )
     assert json.loads(args.writer) == writer
     assert (args.stall_timeout, args.ring_mib, args.secret_env) == (2.5, 8, "S")
+    assert (args.flush, args.flush_mib) == ("/mnt/d d", 2)
+    assert parse_args(relay_arguments(writer)).flush == ""
     with pytest.raises(ValueError, match="non-empty list of strings"):
         relay_arguments([])
 

@@ -43,6 +43,11 @@ class ChainRounds:
         self._ready.pop(node, None)
 
     @property
+    def running_nodes(self) -> list[str]:
+        """The nodes of the running round, in chain order."""
+        return list(self._running)
+
+    @property
     def forming(self) -> bool:
         """Whether some node waits for a round."""
         return bool(self._ready)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,18 @@ logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 10.0
 MIN_NODES_REACHED = "min nodes reached"
+CHAIN_ROUND_STARTED = "chain round started"
+"""Opens the log line written to every node of a chain round when the server starts streaming
+(its time is when the round started: every relay of the round listened)."""
+CHAIN_ROUND_ENDED = "chain round ended"
+"""Opens the log line written to every node of the round when the stream's acknowledgement
+came back: every node of the chain held the whole stream and its writer had finished."""
+
+
+def _append_info(
+    deployment_id: str, node: str, text: str, at: float, store: pykka.ActorProxy[Any]
+) -> object:
+    return store.append_log(deployment_id, node, "info", text, at=at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,7 @@ class DeploymentManager(pykka.ThreadingActor):
         self._rounds = ChainRounds(job.nodes)
         self._chain: pykka.ActorRef[Any] | None = None
         self._gather_timer: threading.Timer | None = None
+        self._round_started = 0.0
 
     # ------------------------------------------------------------ message API
 
@@ -125,6 +140,7 @@ class DeploymentManager(pykka.ThreadingActor):
     def chain_done(self, result: ChainResult | None, error: str | None) -> None:
         """The round's ChainTransfer finished: tell each node its verdict."""
         self._chain = None
+        self._log_round(CHAIN_ROUND_ENDED, self._round_summary(result, error))
         self._rounds.finish(result, error)
         self._maybe_start_round()
 
@@ -214,9 +230,28 @@ class DeploymentManager(pykka.ThreadingActor):
             if self._gather_timer is not None:
                 self._gather_timer.cancel()
                 self._gather_timer = None
+            self._round_started = time.monotonic()
+            nodes = self._rounds.running_nodes
+            self._log_round(CHAIN_ROUND_STARTED, f"{len(nodes)} nodes in this order: {nodes}")
             self._chain = ChainTransfer.start(
                 self._job.image, hops, self._rounds.running_secret, self.actor_ref.proxy()
             )
+
+    def _round_summary(self, result: ChainResult | None, error: str | None) -> str:
+        seconds = time.monotonic() - self._round_started
+        if result is None:
+            return f"after {seconds:.2f} s: {error}"
+        rate = result.size * 8 / seconds / 1e6 if seconds > 0 else 0.0
+        cut = f"; cut out: {', '.join(result.dead)}" if result.dead else ""
+        return f"{result.size} bytes in {seconds:.2f} s ({rate:.1f} Mbit/s per node){cut}"
+
+    def _log_round(self, event: str, detail: str) -> None:
+        """One line in the log of every node of the running round, stamped now."""
+        at, text = time.time(), f"{event}: {detail}"
+        logger.info("deployment %s: %s", self._job.deployment_id, text)
+        for node in self._rounds.running_nodes:
+            append = functools.partial(_append_info, self._job.deployment_id, node, text, at)
+            directory.tell(self._services, directory.STORE, append)
 
     def _tell_self(self, message: object) -> None:
         with contextlib.suppress(pykka.ActorDeadError):  # the deployment ended meanwhile

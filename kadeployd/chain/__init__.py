@@ -5,7 +5,7 @@ image from the daemon into the first live relay; ``report.py`` parses what relay
 judges each node's result; ``command.py`` builds the relay's command line.
 """
 
-from kadeployd.chain.command import relay_arguments, relay_source
+from kadeployd.chain.command import relay_arguments, relay_launch, relay_source, relay_stdin
 from kadeployd.chain.report import ChainResult, HopResult, RelayEvent, ReportError, parse_report
 from kadeployd.chain.sender import (
     ChainCancelled,
@@ -28,6 +28,8 @@ __all__ = [
     "new_secret",
     "parse_report",
     "relay_arguments",
+    "relay_launch",
     "relay_source",
+    "relay_stdin",
     "send_chain",
 ]

@@ -1,6 +1,7 @@
 """Chain relay: receive a stream from upstream, write it locally, forward it downstream.
 
-This file is sent to a node as text over SSH and run there with ``python3 relay.py ARGS``.
+This file is sent to a node as text over SSH and run there: ``python3 relay.py ARGS``, or (as
+the daemon does, see ``kadeployd.chain.command``) fed on stdin to a ``python3 -c`` bootstrap.
 It must stay ONE self-contained file, Python >= 3.9, standard library only: it imports
 nothing from kadeployd (the daemon imports it, never the reverse).
 
@@ -8,7 +9,7 @@ Usage::
 
     python3 relay.py --writer JSON [--listen HOST:PORT] [--secret-env NAME]
                      [--stall-timeout S] [--idle-timeout S] [--ring-mib N] [--chunk-kib N]
-                     [--progress-interval S]
+                     [--progress-interval S] [--flush PATH] [--flush-mib N]
 
 ``--writer``             the command that consumes the stream on its stdin, as a JSON list
                          of strings, e.g. ``["sh", "-c", "zstd -dc | tar -x -C /mnt/dest"]``.
@@ -27,6 +28,10 @@ Usage::
                          N MiB of the stream are kept to feed a new successor (default 64).
 ``--chunk-kib``          largest single receive (default 1024).
 ``--progress-interval``  seconds between ``progress`` events (default 1).
+``--flush PATH``         start the writeback of PATH's filesystem (a directory: syncfs) or
+                         of PATH itself (a block device: fsync) each time the writer got
+                         another ``--flush-mib`` MiB (default 16), so that the disk writes
+                         while the stream arrives rather than all at umount, after it.
 
 The rest of the chain is NOT given on the command line: the upstream sends it in the
 handshake (``rest``), so every relay of a chain can be started at once with port 0.
@@ -75,6 +80,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import hmac
@@ -83,6 +89,7 @@ import os
 import queue
 import select
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -424,6 +431,60 @@ class Writer:
                 self.proc.stdin.close()
 
 
+class Flusher:
+    """Starts the target's writeback while the stream still arrives.
+
+    A node's page cache can hold a whole image: left alone, the kernel writes it to disk only
+    at umount, after the transfer, at the disk's speed. Flushing every ``every`` bytes that
+    the writer was given makes the disk write while the network delivers. Best effort: umount
+    flushes whatever is left, so a failure is logged once and ends the flushing.
+    """
+
+    def __init__(self, path: str, every: int, log: Callable[[str], None]) -> None:
+        self.path = path
+        self.every = every
+        self.log = log
+        self.fed = 0
+        """Bytes handed to the writer so far (written by the relay's thread only)."""
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="flusher", daemon=True)
+
+    def start(self) -> None:
+        if self.path:
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _run(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            self.log(f"cannot open {self.path} to flush it: {exc}")
+            return
+        try:
+            flush = os.fsync if stat.S_ISBLK(os.fstat(fd).st_mode) else syncfs
+            flushed = 0
+            while not self.stopping.wait(0.2):
+                if self.fed - flushed >= self.every:
+                    flushed = self.fed
+                    flush(fd)
+        except OSError as exc:
+            self.log(f"flushing {self.path} failed, left to umount: {exc}")
+        finally:
+            os.close(fd)
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2) on the filesystem holding ``fd`` (os has no wrapper); sync(2) without it."""
+    call = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    if call is None:
+        os.sync()
+    elif call(fd) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
 class Downstream:
     """The connection to the current successor, with stall detection by silence."""
 
@@ -464,6 +525,7 @@ class Relay:
         self.results: list[dict[str, Any]] = []
         self.sha = hashlib.sha256()
         self.writer: Writer | None = None
+        self.flusher = Flusher(args.flush, args.flush_mib << 20, self._log)
         self.up: Upstream | None = None
         self.down: Downstream | None = None
         self.busy_since: float | None = None  # set while blocked on the local writer
@@ -497,6 +559,7 @@ class Relay:
             self._finish()
         finally:
             self.finished.set()
+            self.flusher.stop()
             self.acceptor.stopping.set()
             self.listener.close()
             if self.down is not None:
@@ -546,6 +609,7 @@ class Relay:
         self.writer = Writer(self.writer_argv)
         if self.writer.error:
             self._log(self.writer.error)
+        self.flusher.start()
 
     def _wait_upstream(self, poller: Any, timeout: float) -> None:
         """Poll the upstream socket and the wake pipe; raises on idle timeout."""
@@ -591,6 +655,7 @@ class Relay:
                 self.busy_since = time.monotonic()
                 writer.write(piece)
                 self.busy_since = None
+                self.flusher.fed += got
                 if not writer.alive:
                     self._log(f"{writer.error}; still forwarding the stream")
 
@@ -713,6 +778,7 @@ class Relay:
         self._half_close_down()
         self.busy_since = None
         status = self.writer.finish(self.idle, self._serve_while_waiting)
+        self.flusher.stop()
         if status is None:
             self._log(self.writer.error)
         ack = self._await_successor_ack()
@@ -827,6 +893,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ring-mib", type=int, default=64)
     parser.add_argument("--chunk-kib", type=int, default=1024)
     parser.add_argument("--progress-interval", type=float, default=1.0)
+    parser.add_argument("--flush", default="", help="directory or block device to flush")
+    parser.add_argument("--flush-mib", type=int, default=16)
     return parser.parse_args(argv)
 
 
@@ -847,8 +915,8 @@ def check_args(args: argparse.Namespace) -> list[str]:
     for name in ("stall_timeout", "idle_timeout", "progress_interval"):
         if getattr(args, name) <= 0:
             raise RelayError(EXIT_USAGE, f"--{name.replace('_', '-')} must be > 0")
-    if args.ring_mib <= 0 or args.chunk_kib <= 0:
-        raise RelayError(EXIT_USAGE, "--ring-mib and --chunk-kib must be > 0")
+    if args.ring_mib <= 0 or args.chunk_kib <= 0 or args.flush_mib <= 0:
+        raise RelayError(EXIT_USAGE, "--ring-mib, --chunk-kib and --flush-mib must be > 0")
     return writer
 
 

@@ -12,7 +12,13 @@ import shlex
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from kadeployd.chain import ReportError, parse_report, relay_arguments, relay_source
+from kadeployd.chain import (
+    ReportError,
+    parse_report,
+    relay_arguments,
+    relay_launch,
+    relay_stdin,
+)
 from kadeployd.environment import Compression, ImageKind, ScriptArchive
 from kadeployd.pxe.profiles import ChainPartition, DeployKernel, NetworkKernel
 from kadeployd.reboot.levels import RebootLevel, escalate
@@ -199,12 +205,12 @@ def send_image_chain(ctx: StepContext) -> None:
     source, writer status) comes from the round's result.
     """
     writer = _image_writer(ctx)
-    relay = f"/tmp/kadeploy-relay-{ctx.job.deployment_id[:12]}.py"  # noqa: S108 - on the node
-    ctx.run(f"cat > {shlex.quote(relay)}", stdin=relay_source().encode(), what="send the relay")
     secret = ctx.services.chain_secret()
     timeout = ctx.command_timeout
     writer_argv = ["bash", "-o", "pipefail", "-c", writer]
-    argv = ["python3", relay, *relay_arguments(writer_argv, idle_timeout=timeout)]
+    image_kind = ctx.job.environment.image.kind
+    flush = MOUNT_POINT if image_kind == ImageKind.TAR else ctx.deploy_device
+    argv = relay_launch(relay_arguments(writer_argv, idle_timeout=timeout, flush=flush))
     try:
         total = ctx.job.image.stat().st_size
     except OSError as exc:
@@ -223,7 +229,9 @@ def send_image_chain(ctx: StepContext) -> None:
     ctx.set_state(NodeState.TRANSFERRING)
     ctx.services.progress(0, total)
     ctx.log("cmd", shlex.join(argv))
-    result = ctx.services.shell().run(argv, timeout=timeout, stdin=secret + b"\n", on_output=watch)
+    result = ctx.services.shell().run(
+        argv, timeout=timeout, stdin=relay_stdin(secret), on_output=watch
+    )
     verdict = ctx.services.chain_verdict(ctx.cancelled)
     if verdict is not None:
         raise StepFailed(f"chain transfer: {verdict}")
@@ -287,8 +295,12 @@ def check_kernel_files(ctx: StepContext) -> None:
 
 
 def sync_and_umount(ctx: StepContext) -> None:
-    """Flush the deploy partition and unmount it."""
-    ctx.run(f"sync && umount {_MNT}", what="sync and umount")
+    """Unmount the deploy partition, which writes back everything it holds.
+
+    Not ``sync && umount``: ``sync`` flushes every filesystem of the machine, and on the
+    testbed all emulated nodes share one kernel, so each node's sync waited for the others'.
+    """
+    ctx.run(f"umount {_MNT}", what="sync and umount")
 
 
 # ---------------------------------------------------------------- BootNewEnv
