@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from kadeploy_cli import envfiles
+from kadeploy_cli import custom_steps, envfiles
 from kadeploy_cli.client import Client
 from kadeploy_cli.common import (
     CONTEXT,
@@ -32,7 +32,6 @@ from kadeploy_cli.errors import (
     EXIT_CODES_HELP,
     ApiFailure,
     CliError,
-    NotSupported,
     ServerUnreachable,
     UsageProblem,
 )
@@ -45,6 +44,8 @@ from kadeploy_cli.output import (
     summary_lines,
 )
 from kadeployd.nodelist import NodeRef
+from kadeployd.workflow.breakpoint import parse_breakpoint
+from kadeployd.workflow.stepnames import UnknownStep
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +60,18 @@ Examples:
   kadeploy -f $OAR_NODEFILE -e debian-min -k
   kadeploy -m node-[1-4] -e debian-min -u alice --env-version 2 -k ~/.ssh/id_ed25519.pub
   kadeploy -m node-1 -a myenv.yaml --no-wait --json
+  kadeploy -m node-1 -e debian-min -k --breakpoint BroadcastEnv:send_image_chain
+  kadeploy -m node-1 -e debian-min -k --custom-steps steps.yaml
   kadeploy --follow 8c6f0e2a...
 
 \b
 -k without a file copies ~/.ssh/authorized_keys (as Kadeploy3), else every ~/.ssh/id_*.pub.
--b (block device), --breakpoint and --custom-steps are not supported by this server yet:
-kadeploy refuses them (exit 2). The block device comes from the cluster configuration.
+--breakpoint MACROSTEP[:MICROSTEP] stops each node before that microstep and leaves it
+as it is (e.g. in the deploy env); its final state is breakpointed (a success).
+--custom-steps FILE runs operations (exec, send, run) before, after or instead of
+microsteps, Kadeploy3 style; the files they name are uploaded.
+-b DEV deploys on disk DEV instead of the cluster's (the deploy partition is then DEV's,
+e.g. /dev/sdb3 for -b /dev/sdb): it needs a right on that path (karights -p /dev/sdb3) or *.
 
 {EXIT_CODES_HELP}
 """
@@ -164,7 +171,8 @@ SECTIONS = {
     "-b",
     "--block-device",
     metavar="DEV",
-    help="Not supported: the block device is set per cluster (disk.block_device).",
+    help="Deploy on the disk DEV (a path under /dev) instead of the cluster's "
+    "disk.block_device; needs a right on the deploy partition's path on DEV, or *.",
 )
 @click.option(
     "--min-nodes",
@@ -186,12 +194,16 @@ SECTIONS = {
     help="Deploy even nodes that another running deployment holds.",
 )
 @click.option(
-    "--breakpoint", metavar="STEP", help="Stop before a microstep (not supported yet: exit 2)."
+    "--breakpoint",
+    metavar="MACROSTEP[:MICROSTEP]",
+    help="Stop each node before that microstep (e.g. BroadcastEnv:send_image_chain), "
+    "leaving it as it is.",
 )
 @click.option(
     "--custom-steps",
     metavar="FILE",
-    help="Custom macrostep variants (not supported yet: exit 2).",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A YAML file of operations to run before, after or instead of microsteps.",
 )
 @click.option(
     "--follow",
@@ -206,7 +218,6 @@ def main(**options: Any) -> None:
     --server, $KADEPLOY_SERVER, or the socket of the default configuration; the token in
     $KADEPLOY_TOKEN or ~/.kadeploy/token.
     """
-    _refuse_unsupported(options)
     if options["follow"]:
         _refuse_with_follow(options)
         with make_client(options["server"]) as client:
@@ -214,8 +225,11 @@ def main(**options: Any) -> None:
     refs = node_refs(options["nodefile"], options["machines"])
     _check_environment_options(options)
     key_file = _key_file(options["key"])
+    _check_breakpoint(options["breakpoint"])
+    _check_block_device(options["block_device"])
+    steps = custom_steps.load(options["custom_steps"]) if options["custom_steps"] else None
     with make_client(options["server"]) as client:
-        deployment = _create(client, options, refs, key_file)
+        deployment = _create(client, options, refs, key_file, steps)
         if not options["wait"]:
             _announce(deployment, options["json_output"])
             return
@@ -223,17 +237,6 @@ def main(**options: Any) -> None:
 
 
 # ------------------------------------------------------------------ checks
-
-
-def _refuse_unsupported(options: dict[str, Any]) -> None:
-    if options["block_device"]:
-        raise NotSupported(
-            "-b/--block-device is not supported by this server: the block device is set per "
-            "cluster (disk.block_device in its configuration); use -p to choose the partition"
-        )
-    for name, flag in (("breakpoint", "--breakpoint"), ("custom_steps", "--custom-steps")):
-        if options[name]:
-            raise NotSupported(f"{flag} is not supported yet by kadeployd; run without it")
 
 
 def _refuse_with_follow(options: dict[str, Any]) -> None:
@@ -245,6 +248,9 @@ def _refuse_with_follow(options: dict[str, Any]) -> None:
             ("env_name", "-e"),
             ("env_file", "-a"),
             ("key", "-k"),
+            ("block_device", "-b"),
+            ("breakpoint", "--breakpoint"),
+            ("custom_steps", "--custom-steps"),
         )
         if options[name]
     ]
@@ -259,6 +265,25 @@ def _check_environment_options(options: dict[str, Any]) -> None:
         )
     if options["env_file"] and (options["env_user"] or options["env_version"]):
         raise UsageProblem("-u and --env-version name a registered environment; not with -a")
+
+
+def _check_breakpoint(text: str | None) -> None:
+    """The breakpoint names a macrostep (and microstep) that exists, else exit 2."""
+    if text is None:
+        return
+    try:
+        parse_breakpoint(text)
+    except (UnknownStep, ValueError) as exc:
+        raise UsageProblem(f"--breakpoint {text}: {exc}") from None
+
+
+def _check_block_device(device: str | None) -> None:
+    """Refuse at once (before any upload) a DEV that is not under /dev; the server checks the
+    rest of its form."""
+    if device is not None and not device.startswith("/dev/"):
+        raise UsageProblem(
+            f"-b {device}: expected an absolute device path under /dev, such as /dev/sdb"
+        )
 
 
 def _key_file(key: str | None) -> Path | None:
@@ -305,9 +330,15 @@ def _joined_keys(files: list[Path]) -> Path:
 
 
 def _create(
-    client: Client, options: dict[str, Any], refs: list[NodeRef], key_file: Path | None
+    client: Client,
+    options: dict[str, Any],
+    refs: list[NodeRef],
+    key_file: Path | None,
+    steps: custom_steps.LocalSteps | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"nodes": [r.name for r in refs], "force": options["force"]}
+    if steps is not None:  # before the image: a custom file refused costs no image upload
+        body["custom_steps"] = custom_steps.upload(steps, client)
     if options["env_name"]:
         body["environment"] = {
             "name": options["env_name"],
@@ -322,6 +353,10 @@ def _create(
         body["min_nodes"] = options["min_nodes"]
     if options["partition"] is not None:
         body["partition"] = options["partition"]
+    if options["block_device"] is not None:
+        body["block_device"] = options["block_device"]
+    if options["breakpoint"]:
+        body["breakpoint"] = options["breakpoint"]
     try:
         deployment: dict[str, Any] = client.post("/v1/deployments", body)
     except ApiFailure as exc:

@@ -3,6 +3,11 @@
 Versions: an environment is (owner, name, version); commands that take a NAME act on the
 latest version you may see unless ``--env-version`` says which, and on your own environment
 unless ``-u USER`` names the owner.
+
+Kadeploy3's ``kaenv3`` options work too, as aliases of the subcommands: ``-a FILE`` (add),
+``-l`` (list), ``-p NAME`` (print), ``-d NAME`` (delete), with the subcommand's own options
+(``-u``, ``--env-version``, ``--json``...): ``kaenv -p debian -u bob`` is
+``kaenv print debian -u bob``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ from kadeploy_cli.errors import TOOLS_EXIT_HELP
 
 logger = logging.getLogger(__name__)
 
+ALIASES = {"-a": "add", "--add": "add", "-l": "list", "--list": "list",
+           "-p": "print", "--print": "print", "-d": "delete", "--delete": "delete"}  # fmt: skip
+"""Kadeploy3's kaenv3 options -> the subcommand each stands for."""
+_ALIAS_ARGUMENT = {"add": "FILE", "print": "NAME", "delete": "NAME"}
+_SERVER_OPTIONS = ("-S", "--server")
+
 VISIBILITIES = ("private", "shared", "public")
 
 json_option = click.option("--json", "json_output", is_flag=True, help="Print JSON.")
@@ -38,7 +49,60 @@ version_option = click.option(
 )
 
 
-@click.group("kaenv", context_settings=CONTEXT, epilog=TOOLS_EXIT_HELP)
+class KaenvGroup(click.Group):
+    """The subcommands, also reached through Kadeploy3's options (:data:`ALIASES`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Rewrite ``-a FILE``, ``-l``, ``-p NAME``, ``-d NAME`` as their subcommand."""
+        return super().parse_args(ctx, translate_aliases(args, set(self.commands)))
+
+
+def translate_aliases(args: list[str], commands: set[str]) -> list[str]:
+    """``[-S X] -p NAME -u bob`` -> ``[-S X] print NAME -u bob``; other arguments unchanged.
+    Two aliases, an alias beside a subcommand, or a missing FILE/NAME: click.UsageError."""
+    server: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        word = args[index]
+        if word in _SERVER_OPTIONS and index + 1 < len(args):
+            server += args[index : index + 2]
+            index += 2
+            continue
+        if word.startswith("--server="):
+            server.append(word)
+        else:
+            rest.append(word)
+        index += 1
+    found = [(i, w) for i, w in enumerate(rest) if w.split("=", 1)[0] in ALIASES]
+    if not found:
+        return args
+    position, word = found[0]
+    option, _, inline = word.partition("=")
+    command = ALIASES[option]
+    taken = 1
+    value: list[str] = []
+    if command in _ALIAS_ARGUMENT:
+        if inline:
+            value = [inline]
+        elif position + 1 < len(rest) and not rest[position + 1].startswith("-"):
+            value = [rest[position + 1]]
+            taken = 2
+        else:
+            raise click.UsageError(f"{option} needs {_ALIAS_ARGUMENT[command]}")
+    elif inline:
+        raise click.UsageError(f"{option} takes no value")
+    remaining = rest[:position] + rest[position + taken :]
+    others = [w for _, w in found[1:]] + [w for w in remaining if w in commands]
+    if others:
+        raise click.UsageError(
+            f"{word} and {others[0]} are two commands; give one of -a FILE, -l, -p NAME, "
+            "-d NAME (or a subcommand: add, list, print, delete...)"
+        )
+    return [*server, command, *value, *remaining]
+
+
+@click.group("kaenv", cls=KaenvGroup, context_settings=CONTEXT, epilog=TOOLS_EXIT_HELP)
 @server_option
 @click.pass_context
 def main(ctx: click.Context, server: str | None) -> None:
@@ -46,6 +110,9 @@ def main(ctx: click.Context, server: str | None) -> None:
 
     Visibility: private (you), shared (anyone who names you with -u), public (everyone;
     administrators only).
+
+    Kadeploy3's options work too: -a FILE (add), -l (list), -p NAME (print), -d NAME (delete),
+    e.g. kaenv -p debian -u bob --env-version 2.
     """
     ctx.obj = ctx.with_resource(make_client(server))
 

@@ -22,9 +22,7 @@ logger = logging.getLogger(__name__)
 @click.option("--off", "action", flag_value="off", help="Power the nodes off.")
 @click.option("--status", "action", flag_value="status", help="Print their power state.")
 @click.option("--force", is_flag=True, help="Act on nodes that a running deployment holds.")
-@click.option("-o", "--output-ok-nodes", "ok_file", metavar="FILE", help="Nodes that succeeded.")
-@click.option("-n", "--output-ko-nodes", "ko_file", metavar="FILE", help="Nodes that failed.")
-@click.option("--json", "json_output", is_flag=True, help="Print JSON: one result per node.")
+@power.result_options(ok_help="Nodes that succeeded.", ko_help="Nodes that failed.")
 def main(
     *,
     server: str | None,
@@ -39,15 +37,5 @@ def main(
     """Power nodes on or off, or read their power status (one of --on, --off, --status)."""
     if action is None:
         raise UsageProblem("say what to do: --on, --off or --status")
-    sys.exit(
-        power.run(
-            "/v1/power",
-            {"action": action, "force": force},
-            server=server,
-            nodefile=nodefile,
-            machines=machines,
-            json_output=json_output,
-            ok_file=ok_file,
-            ko_file=ko_file,
-        )
-    )
+    targets = power.Targets(server, nodefile, machines, json_output, ok_file, ko_file)
+    sys.exit(power.run("/v1/power", {"action": action, "force": force}, targets))

@@ -1,6 +1,8 @@
 """`karights`: grant, revoke and list users' rights to deploy nodes (partitions).
 
 Only administrators (``daemon.almighty_users``) grant and revoke; a user lists their own.
+A right names a partition by number (deployments on the configured disk) or by device path
+(``kadeploy -b DEV``: the deploy partition on DEV, e.g. ``/dev/sdb3``), or ``*``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ parts_option = click.option(
     "parts",
     multiple=True,
     metavar="PART",
-    help="A partition number or * (repeatable; default *).",
+    help="A partition number, a partition's device path or * (repeatable; default *). "
+    "kadeploy -b DEV needs a right on the deploy partition's path on DEV (e.g. /dev/sdb3 "
+    "for -b /dev/sdb) or *.",
 )
 
 

@@ -34,6 +34,7 @@ STEPS = (
     "postinstall",
     "booting",
     "deployed",
+    "breakpointed",
     "already_installed",
     "deploy_failed",
     "incompatible",
@@ -41,7 +42,8 @@ STEPS = (
     "aborted",
 )
 """The states users see, in the order a node goes through them."""
-SUCCESS = frozenset({"deployed", "already_installed"})
+SUCCESS = frozenset({"deployed", "already_installed", "breakpointed"})
+"""``breakpointed``: stopped at the ``--breakpoint`` as asked (left in its env): a success."""
 FAILURE = frozenset({"deploy_failed", "incompatible", "decommissioned", "aborted"})
 DEFAULT_VERBOSE = 3
 TRANSFER_LINE_INTERVAL = 5.0
@@ -309,10 +311,22 @@ def summary_lines(deployment: dict[str, Any], results: Sequence[NodeOutcome]) ->
     took = f" in {float(finished) - created:.1f} s" if finished is not None else ""
     status = deployment.get("status")
     reason = deployment.get("reason") or ""
+    stopped = [r for r in deployed if r.state == "breakpointed"]
+    deployed = [r for r in deployed if r.state != "breakpointed"]
+    done = f"{len(deployed)}/{len(results)} nodes deployed"
+    if stopped:
+        where = (deployment.get("options") or {}).get("breakpoint") or "the breakpoint"
+        done = f"{len(stopped)}/{len(results)} nodes stopped at breakpoint {where}" + (
+            f", {len(deployed)} deployed" if deployed else ""
+        )
     lines = [
-        f"Deployment {deployment.get('id')} {status}{took}: {len(deployed)}/{len(results)} "
-        f"nodes deployed" + (f" ({reason})" if reason and status != "succeeded" else "")
+        f"Deployment {deployment.get('id')} {status}{took}: "
+        + done
+        + (f" ({reason})" if reason and status != "succeeded" else "")
     ]
+    if stopped:
+        lines.append(f"Stopped at breakpoint {where} on {_nodes(len(stopped))} (left as they are):")
+        lines += [f"  {r.node}" for r in stopped]
     if deployed:
         lines.append(f"The deployment is successful on {_nodes(len(deployed))}:")
         lines += [f"  {r.node}" for r in deployed]

@@ -21,7 +21,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from kadeployd.actors.node_supervisor import NodeSupervisor
 from kadeployd.config import Config, Node, load_config
 from kadeployd.errors import KadeployError
 from kadeployd.pxe.actor import PxeActor
+from kadeployd.pxe.user_profiles import UserProfile
 from kadeployd.reboot.actor import RebootActor
 from kadeployd.reboot.jobs import RebootResult, not_run
 from kadeployd.reboot.levels import PowerAction, RebootLevel
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 CALL_TIMEOUT = 30.0
 ABORT_TIMEOUT = 30.0
 """Seconds running deployments get to record their nodes aborted when the daemon stops."""
+SET_PXE_TIMEOUT = 120.0
+"""Bound on publishing a user's PXE files (kernels, tens of MiB) and profiles."""
 STOPPING = "daemon stopping"
 POWER_MARGIN = 10.0
 """Seconds beyond the command timeouts that a power or reboot request of the API waits."""
@@ -160,6 +163,20 @@ class Daemon:
         """Reboot ``nodes`` at ``level`` (or the next configured one) and wait for every answer
         (bounded); one result per node, in order. Called from an API thread."""
         return self._power_requests(nodes, RebootLevel(level))
+
+    def set_pxe(
+        self, nodes: Sequence[Node], profile: UserProfile, files: Mapping[str, Path]
+    ) -> list[str]:
+        """kareboot set_pxe: publish a user's ``files`` under their TFTP directory, then write
+        their checked ``profile`` for ``nodes``; the profiles' TFTP paths. Raises PxeError."""
+        macs = [n.mac for n in nodes]
+        paths: list[str] = directory.call(
+            self._tree,
+            PXE,
+            lambda pxe: pxe.set_user_profile(macs, profile, files),
+            timeout=SET_PXE_TIMEOUT,
+        )
+        return paths
 
     def power_wait(self, nodes: Sequence[Node]) -> float:
         """How long :meth:`power` waits for ``nodes``: their longest command timeout per batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -11,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pykka
 import pytest
-from daemon_fixtures import dummy_config, wait_until
+from daemon_fixtures import dummy_config, make_tar_environment, wait_until
 
 from kadeployd.api import ApiContext, ApiServer, create_app
 from kadeployd.daemon import Daemon
@@ -95,6 +97,32 @@ def start_api(conf: Path, socket_path: Path) -> RunningApi:
     for user in USERS:
         api.tokens[user] = context.tokens.add(user)
     return api
+
+
+@contextlib.contextmanager
+def serving_api(
+    base: Path, *, daemon_extra: str = "", environment: bool = True
+) -> Iterator[RunningApi]:
+    """A daemon and its API on the dummy config under ``base``, alice allowed on every node
+    and, with ``environment``, the tar environment 'tiny' registered public; everything is
+    stopped and removed on exit."""
+    directory = short_dir()
+    socket_path = directory / "api.sock"
+    running = start_api(
+        api_config(base / "conf", socket_path, daemon_extra=daemon_extra), socket_path
+    )
+    try:
+        root = running.client("root")
+        granted = root.post("/v1/rights", json={"user": "alice", "nodes": ["*"]})
+        assert granted.status_code == 201, granted.text
+        if environment:
+            answer = register(root, make_tar_environment(base), visibility="public")
+            assert answer.status_code == 201, answer.text
+        yield running
+    finally:
+        running.stop()
+        pykka.ActorRegistry.stop_all(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

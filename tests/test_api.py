@@ -288,6 +288,12 @@ def test_rights_are_required_and_only_admins_grant(api: RunningApi, tiny: Path) 
     assert "did you mean" in error_of(typo)["message"]
     assert root.delete("/v1/rights/alice", params={"node": "n-1"}).json() == {"changed": 1}
     assert deploy(alice, ["n-1"]).status_code == 403
+    # A right on a partition's device path (kadeploy -b) is revoked by that path.
+    root.post("/v1/rights", json={"user": "bob", "nodes": ["n-2"], "partitions": ["/dev/vdb3"]})
+    revoke = {"node": "n-2", "partition": "/dev/vdb3"}
+    assert root.delete("/v1/rights/bob", params=revoke).json() == {"changed": 1}
+    bad = root.delete("/v1/rights/bob", params={"partition": "/dev/../x"})
+    assert (bad.status_code, error_of(bad)["code"]) == (422, "invalid_request")
 
 
 def test_unknown_environment_and_unknown_nodes(api: RunningApi, tiny: Path) -> None:

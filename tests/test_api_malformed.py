@@ -27,6 +27,26 @@ BODIES: list[tuple[bytes, str]] = [
     ),
     (b'{"user": "\\u0000", "nodes": ["*"], "partitions": ["0"]}', "application/json"),
     (b'{"description": "", "files": {"../x": "nothex"}}', "application/json"),
+    (
+        b'{"nodes": ["n-1"], "environment": {"name": "x"}, "breakpoint": "A:b:c", '
+        b'"custom_steps": {"steps": {"BroadcastEnv": {"nothing": {"pre-ops": [{"action": '
+        b'"exec", "name": "a", "command": null, "timeout": -1, "x": []}]}}, "B": 1}}}',
+        "application/json",
+    ),
+    (
+        b'{"nodes": ["n-1"], "environment": {"name": "x"}, "breakpoint": "BroadcastEnv:x", '
+        b'"custom_steps": {"steps": {"BroadcastEnv": [1, {"a": null}], "\\u0000": {"": {}}}, '
+        b'"files": {"f": "0"}}}',
+        "application/json",
+    ),
+    (
+        b'{"nodes": ["n-1"], "environment": {"name": "x"}, "custom_steps": {"steps": '
+        b'{"BootNewEnv": {"nothing": {"substitute": [{"action": "run", "name": "r", "file": '
+        b'"f", "params": "\\"", "destination": 3}], "post-ops": 7}}}, "files": {"f": "'
+        + b"0" * 32
+        + b'"}}}',
+        "application/json",
+    ),
     (b"\xff\xfe\x00garbage", "application/octet-stream"),
     (b"name=x", "application/x-www-form-urlencoded"),
 ]

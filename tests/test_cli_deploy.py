@@ -199,15 +199,19 @@ def test_malformed_nodefile_is_a_usage_error_naming_file_and_line(cli_server: Cl
     no_traceback(result)
 
 
-def test_unsupported_options_are_refused_with_exit_2(cli_server: CliServer) -> None:
-    for args, expected in (
-        (["-b", "/dev/sdb"], "-b/--block-device is not supported"),
-        (["--breakpoint", "BroadcastEnv"], "--breakpoint is not supported yet"),
-        (["--custom-steps", "steps.yaml"], "--custom-steps is not supported yet"),
-    ):
-        result = cli_server.run("kadeploy", "-m", "n-1", "-e", "tiny", *args)
-        assert result.returncode == 2, args
-        assert expected in result.stderr
+def test_block_device_is_sent_and_a_malformed_one_exits_2(cli_server: CliServer) -> None:
+    # --breakpoint and --custom-steps: tests/test_cli_custom_steps.py
+    relative = cli_server.run("kadeploy", "-m", "n-1", "-e", "tiny", "-b", "sdb")
+    assert relative.returncode == 2
+    assert "-b sdb: expected an absolute device path under /dev" in relative.stderr
+    climbing = cli_server.run("kadeploy", "-m", "n-1", "-e", "tiny", "-b", "/dev/../etc/x")
+    assert climbing.returncode == 2
+    assert "block_device" in climbing.stderr
+    assert "no '.', '..' or empty component" in climbing.stderr
+    no_traceback(climbing)
+    result = cli_server.run("kadeploy", "-m", "n-1", "-e", "tiny", "-b", "/dev/vdb", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json_of(result)["deployment"]["options"]["block_device"] == "/dev/vdb"
 
 
 def test_usage_errors_exit_2(cli_server: CliServer) -> None:

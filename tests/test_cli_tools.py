@@ -147,9 +147,9 @@ def test_kapower_and_kareboot_refusals(cli_server: CliServer) -> None:
     no_right = cli_server.run("kapower", "-m", "n-1", "--status", user="bob")
     assert no_right.returncode == 2
     assert "no right to power status n-1" in no_right.stderr
-    kind = cli_server.run("kareboot", "-m", "n-1", "-r", "deploy_env")
+    kind = cli_server.run("kareboot", "-m", "n-1", "-r", "recorded_env", "-e", "tiny")
     assert kind.returncode == 2
-    assert "reboot kind deploy_env is not supported yet" in kind.stderr
+    assert "-r recorded_env needs -p PART" in kind.stderr
     what = cli_server.run("kapower", "-m", "n-1")
     assert what.returncode == 2
     assert "--on, --off or --status" in what.stderr
@@ -175,3 +175,92 @@ def test_kapower_refuses_a_node_in_a_running_deployment_unless_forced(
         wait_until(
             lambda: not cli_server.running_deployments(), 30, "the deployment to be cancelled"
         )
+
+
+# ------------------------------------------------------------------ kaenv3 options, kareboot kinds
+
+
+def test_kaenv_kadeploy3_options_add_list_print_delete(
+    cli_server: CliServer, tmp_path: Path
+) -> None:
+    description = make_tar_environment(tmp_path, name="old-style")
+    added = cli_server.run("kaenv", "-a", str(description), "--json")
+    assert added.returncode == 0, added.stderr
+    assert json_of(added)["name"] == "old-style"
+    listed = cli_server.run("kaenv", "-l", "--json")
+    assert ("old-style", "alice") in {(e["name"], e["owner"]) for e in json_of(listed)}
+    shown = cli_server.run("kaenv", "-p", "old-style", "-u", "alice", "--env-version", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert "name: old-style" in shown.stdout
+    listed_for = cli_server.run("kaenv", "-u", "alice", "-l")
+    assert "old-style" in listed_for.stdout, listed_for.stderr
+    gone = cli_server.run("kaenv", "--delete=old-style", "--env-version", "1")
+    assert gone.returncode == 0, gone.stderr
+    assert "environment old-style version 1 of alice deleted" in gone.stdout
+    # The subcommands still work beside the options.
+    assert "old-style" not in cli_server.run("kaenv", "list").stdout
+
+
+def test_kaenv_kadeploy3_options_usage_errors(cli_server: CliServer) -> None:
+    for args, message in (
+        (("-p",), "-p needs NAME"),
+        (("-a",), "-a needs FILE"),
+        (("-l", "-d", "x"), "-l and -d are two commands"),
+        (("list", "-p", "x"), "-p and list are two commands"),
+        (("-l=yes",), "-l takes no value"),
+    ):
+        result = cli_server.run("kaenv", *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_kareboot_deploy_env_on_a_dummy_variant_follows_the_operation(
+    cli_server: CliServer,
+) -> None:
+    result = cli_server.run("kareboot", "-m", "n-1,n-2", "-r", "deploy_env", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json_of(result)
+    assert [(r["node"], r["ok"], r["state"]) for r in rows] == [
+        ("n-1", True, "deployed"),
+        ("n-2", True, "deployed"),
+    ]
+    with cli_server.api("alice") as alice:
+        operation = alice.get(f"/v1/deployments/{rows[0]['operation_id']}").json()
+    assert operation["options"]["operation"] == "deploy_env"
+    assert operation["environment"]["name"] == "deploy_env"
+
+
+def test_kareboot_usage_errors(cli_server: CliServer, tmp_path: Path) -> None:
+    binary = tmp_path / "profile.bin"
+    binary.write_bytes(b"\xff\xfe\x00")
+    big = tmp_path / "big"
+    big.write_text("# x\n" * 20_000)
+    for args, message in (
+        (("-r", "set_pxe"), "-r set_pxe needs -w FILE"),
+        (("-r", "recorded_env", "-p", "3"), "-r recorded_env needs -e ENV"),
+        (("-r", "deploy_env", "-p", "3"), "-p goes with -r recorded_env, not -r deploy_env"),
+        (("-w", str(big)), "-w goes with -r set_pxe, not -r simple"),
+        (("-r", "set_pxe", "-w", str(binary)), "not a text file"),
+        (("-r", "set_pxe", "-w", str(big)), "a PXE profile may have at most 65536"),
+        (("-r", "set_pxe", "-w", str(tmp_path / "none")), "cannot read the PXE profile"),
+        (
+            (
+                "-r",
+                "no_such_kind",
+            ),
+            "'no_such_kind' is not one of",
+        ),
+    ):
+        result = cli_server.run("kareboot", "-m", "n-1", *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    # A profile naming a file outside the user's TFTP directory: the file and line.
+    profile = tmp_path / "profile"
+    profile.write_text("DEFAULT x\nLABEL x\n  KERNEL /envs/../../etc/shadow\n")
+    refused = cli_server.run("kareboot", "-m", "n-1", "-r", "set_pxe", "-w", str(profile))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"{profile}:3: KERNEL /envs/../../etc/shadow: absolute paths must stay" in (
+        refused.stderr
+    )

@@ -692,3 +692,23 @@ def test_migration_2_adds_progress_to_an_existing_version_1_database(db: Path) -
     finally:
         raw.close()
     assert versions == [1, 2] == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_statistics_leave_out_reboot_operations(store: Store) -> None:
+    deployed = new_deployment(store, ("node-1",))
+    store.record_state(deployed, "node-1", "booting", macrostep="BootNewEnv", attempt=1, at=T0)
+    store.finish_node(deployed, "node-1", "deployed", "up", at=T0 + 60)
+    reboot = store.create_deployment(
+        user="alice",
+        environment_name="deploy_env",
+        options={"operation": "deploy_env", "reboot_level": "soft"},
+        nodes=("node-1",),
+        at=T0 + 100,
+    )
+    store.record_state(reboot, "node-1", "rebooting", macrostep="SetDeploymentEnv", attempt=2)
+    store.finish_node(reboot, "node-1", "deploy_failed", "no answer", at=T0 + 200)
+
+    (stats,) = store.node_stats()
+    assert (stats.deployments, stats.deployed, stats.failed, stats.retries) == (1, 1, 0, 0)
+    assert {d.state for d in store.state_durations()} == {"pending", "booting"}
+    assert store.node_usage()["node-1"].deployment_id == reboot  # what the node runs now

@@ -31,6 +31,7 @@ from kadeployd.config import Config
 from kadeployd.environment import ImageKind, read_boot_files
 from kadeployd.errors import KadeployError
 from kadeployd.workflow.job import BootFilesRef, DeploymentJob
+from kadeployd.workflow.operations import publishes_boot_files
 from kadeployd.workflow.outcome import Tally, Verdict
 from kadeployd.workflow.states import NodeState
 
@@ -182,6 +183,8 @@ class DeploymentManager(pykka.ThreadingActor):
             self.actor_ref.tell(message)
 
     def _publish_boot_files(self) -> BootFilesRef | None:
+        if not publishes_boot_files(self._job):
+            return None  # deploy_env boots the deploy kernel, a recorded dd env its partition
         environment = self._job.environment
         if not environment.image.file.is_file():
             raise KadeployError(f"image {environment.image.file} not found")

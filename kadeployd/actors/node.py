@@ -29,10 +29,11 @@ from kadeployd.errors import KadeployError
 from kadeployd.pxe.profiles import BootTarget, ChainPartition, LocalBoot
 from kadeployd.workflow.cancel import CancelToken
 from kadeployd.workflow.context import StepCancelled, StepContext, StepFailed
+from kadeployd.workflow.custom_run import run_microstep
 from kadeployd.workflow.job import DeploymentJob
-from kadeployd.workflow.policy import Plan, Position
+from kadeployd.workflow.operations import microsteps, plan_for
+from kadeployd.workflow.policy import Position
 from kadeployd.workflow.states import NodeState, check_transition
-from kadeployd.workflow.variants import MICROSTEPS
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class _WorkerDone:
     error: str | None
     step: str
     cancelled: bool
+    breakpoint: bool = False
+    """The node reached the deployment's breakpoint, before ``step``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +104,7 @@ class NodeActor(pykka.ThreadingActor):
         self._node = node
         self._services = services
         self._manager = manager
-        self._plan = Plan(node.settings.automata.macrosteps)
+        self._plan = plan_for(job, node)
         self._node_services = NodeServicesImpl(job, node, services, transfer_slots, manager)
         self._state = NodeState.PENDING
         self._tokens = 0
@@ -199,11 +202,16 @@ class NodeActor(pykka.ThreadingActor):
         )
         error: str | None = None
         try:
-            for microstep in MICROSTEPS[position.macrostep][variant]:
+            stop = self._job.request.breakpoint
+            chosen = microsteps(self._job.operation, position.macrostep, variant)
+            for index, microstep in enumerate(chosen):
                 step = microstep.name
                 context.check_cancelled()
+                if stop is not None and stop.stops_before(position.macrostep, variant, index, step):
+                    self._tell_self(_WorkerDone(token, None, step, False, breakpoint=True))
+                    return
                 self._tell_self(_StateChanged(token, microstep.state, step))
-                microstep.run(context)
+                run_microstep(context, microstep)
         except StepCancelled as exc:
             self._tell_self(_WorkerDone(token, str(exc), step, cancelled=True))
             return
@@ -244,6 +252,10 @@ class NodeActor(pykka.ThreadingActor):
             return  # aborted: the final state is already recorded
         if attempt.then is not None:
             then = attempt.then
+        elif done.breakpoint:
+            then = NodeState.BREAKPOINTED
+            self._last_error = f"stopped at breakpoint {self._job.request.breakpoint}"
+            self._log("info", f"{self._last_error}, before {done.step}; node left as it is")
         elif done.error is None:
             then = self._plan.after_success(attempt.position) or NodeState.DEPLOYED
         else:
@@ -288,7 +300,7 @@ class NodeActor(pykka.ThreadingActor):
         if self._attempt is not None and self._attempt.then is None:
             self._attempt = None
         self._state = state
-        if state != NodeState.DEPLOYED:
+        if state not in (NodeState.DEPLOYED, NodeState.BREAKPOINTED):  # left as it is
             self._leave_pxe_sane()
         step = failed_position.macrostep.value if failed_position else None
         directory.call(

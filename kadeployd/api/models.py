@@ -4,9 +4,10 @@ responses. They are the OpenAPI schema the command-line tools are written agains
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +21,55 @@ NodeName = Annotated[
 NodeOrAny = Annotated[
     str, Field(min_length=1, max_length=255, pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]*)$")
 ]
-PartitionOrAny = Annotated[str, Field(pattern=r"^(\*|[1-9][0-9]{0,2})$")]
+MAX_DEVICE = 64
+_DEVICE = re.compile(r"/dev/[A-Za-z0-9][A-Za-z0-9._/-]*")
+DEVICE_HELP = (
+    "expected an absolute device path under /dev such as /dev/sdb or /dev/disk/by-id/NAME "
+    f"(letters, digits, '.', '_', '-', '/'; no '.', '..' or empty component; "
+    f"at most {MAX_DEVICE} characters)"
+)
+
+
+def is_device_path(value: str, limit: int = MAX_DEVICE) -> bool:
+    """``value`` is a device path a request may name: under /dev, plain characters, no
+    ``.``/``..``/empty component (so it cannot climb out of /dev), at most ``limit`` long."""
+    return (
+        len(value) <= limit
+        and _DEVICE.fullmatch(value) is not None
+        and all(part not in ("", ".", "..") for part in value.split("/")[2:])
+    )
+
+
+def _device_path(value: str) -> str:
+    if not is_device_path(value):
+        raise ValueError(DEVICE_HELP)
+    return value
+
+
+def _partition_or_any(value: str) -> str:
+    # A partition's path is the block device's and a suffix (p128 at most).
+    partition_path = is_device_path(value, MAX_DEVICE + 8)
+    if value == "*" or re.fullmatch(r"[1-9][0-9]{0,2}", value) or partition_path:
+        return value
+    raise ValueError(
+        "expected *, a partition number (1-999) or a partition's device path such as "
+        "/dev/sdb3 (the key of a deployment with a block device, kadeploy -b)"
+    )
+
+
+BlockDevice = Annotated[
+    str,
+    Field(
+        description=f"a device path under /dev, at most {MAX_DEVICE} characters",
+        examples=["/dev/sdb"],
+    ),
+    AfterValidator(_device_path),
+]
+PartitionOrAny = Annotated[
+    str,
+    Field(description="*, a partition number, or a partition's device path such as /dev/sdb3"),
+    AfterValidator(_partition_or_any),
+]
 UserName = Annotated[
     str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*\$?$")
 ]
@@ -61,6 +110,23 @@ class EnvironmentFiles(_In):
     )
 
 
+class CustomStepsIn(_In):
+    """``kadeploy --custom-steps``: the document (macrostep -> microstep -> pre-ops, substitute
+    or post-ops -> operations; checked by the daemon, see kadeployd/workflow/custom_ops.py),
+    each ``file`` of its operations naming one of ``files``."""
+
+    steps: dict[Annotated[str, Field(max_length=100)], Any] = Field(
+        description="macrostep -> microstep -> pre-ops | substitute | post-ops -> operations",
+        min_length=1,
+        max_length=64,
+    )
+    files: dict[FileName, UploadId] = Field(
+        default_factory=dict,
+        description="file name as written in the operations -> upload id",
+        max_length=64,
+    )
+
+
 class DeploymentCreate(_In):
     """``kadeploy``: deploy an environment on nodes."""
 
@@ -73,8 +139,15 @@ class DeploymentCreate(_In):
     """Or an upload holding them."""
     min_nodes: Annotated[int, Field(ge=1)] | None = None
     partition: Annotated[int, Field(ge=1, le=128)] | None = None
+    block_device: BlockDevice | None = None
+    """``-b``: the disk to deploy on instead of the cluster's ``disk.block_device``; the right
+    needed is then on the deploy partition's device path (e.g. ``/dev/sdb3``)."""
     force: StrictBool = False
     """Deploy nodes that another running deployment holds."""
+    breakpoint: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    """``--breakpoint``: MACROSTEP or MACROSTEP:MICROSTEP; each node stops before it."""
+    custom_steps: CustomStepsIn | None = None
+    """``--custom-steps``: operations run around microsteps."""
 
     @model_validator(mode="after")
     def _one_environment(self) -> DeploymentCreate:

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Response
 
-from kadeployd.api import environments
+from kadeployd.api import custom_steps, environments
 from kadeployd.api.auth import Caller, CallerDep, Context
 from kadeployd.api.context import ApiContext
 from kadeployd.api.convert import deployment_out, history_out, node_state_out
@@ -26,6 +26,7 @@ from kadeployd.api.models import (
 from kadeployd.api.node_checks import refuse_busy, unknown_node
 from kadeployd.api.responses import ERRORS
 from kadeployd.api.uploads import UploadError, UploadInfo
+from kadeployd.config import DiskSettings
 from kadeployd.environment import EnvironmentDescription
 from kadeployd.errors import Problem
 from kadeployd.workflow.job import DeploymentRequest
@@ -46,10 +47,18 @@ def create_deployment(
 ) -> DeploymentOut:
     """Deploy an environment (registered, or anonymous from uploads) on nodes."""
     nodes = _check_nodes(context, body.nodes)
+    breakpoint = custom_steps.check_breakpoint(body.breakpoint)
+    steps = custom_steps.check_custom_steps(body.custom_steps) if body.custom_steps else None
     keys = _keys(context, caller, body)
     anonymous_dir: Path | None = None
     taken: list[tuple[UploadInfo, Path]] = []
+    steps_dir: Path | None = None
+    steps_taken: list[tuple[UploadInfo, Path]] = []
     try:
+        if steps is not None and body.custom_steps is not None:
+            steps, steps_dir, steps_taken = custom_steps.take_files(
+                context, caller, steps, body.custom_steps
+            )
         if body.anonymous_environment is not None:
             anonymous_dir = environments.new_directory(context.anonymous_dir)
             taken = environments.take_uploads(
@@ -73,20 +82,27 @@ def create_deployment(
             authorized_keys=keys,
             min_nodes=body.min_nodes,
             deploy_partition=body.partition,
+            block_device=body.block_device,
             anonymous=anonymous_dir is not None,
+            breakpoint=breakpoint,
+            custom_steps=steps,
         )
         with context.deploy_lock:
-            _check_rights(context, caller, nodes, body.partition)
+            _check_rights(context, caller, nodes, body.partition, body.block_device)
             if not body.force:
                 refuse_busy(
                     context, nodes, "already in a running deployment; use force to deploy anyway"
                 )
             deployment_id = context.daemon.deploy(request)
             _sweep_anonymous(context, keep=anonymous_dir)
+            custom_steps.mark(steps_dir, deployment_id)
+            custom_steps.sweep(context)
     except BaseException:
         if anonymous_dir is not None:
             environments.give_back(context, taken)
             environments.remove_directory(anonymous_dir)
+        if steps_dir is not None:
+            custom_steps.give_back(context, steps_taken, steps_dir)
         raise
     logger.info("deployment %s of %s created by %s", deployment_id, env.name, caller.user)
     response.headers["Location"] = f"/v1/deployments/{deployment_id}"
@@ -224,13 +240,28 @@ def _check_clusters(context: ApiContext, env: EnvironmentDescription, nodes: lis
         raise ApiError(422, "incompatible_environment", problems[0].message, problems)
 
 
+def rights_key(disk: DiskSettings, partition: int | None, block_device: str | None) -> str:
+    """The partition key of a right to deploy on ``disk``: the partition number (``-p`` or
+    the configured one), or with a block device (``-b``) the deploy partition's device path,
+    such as ``/dev/sdb3``: a right on partition 3 of the usual disk is none on another disk."""
+    number = partition or disk.deploy_partition
+    if block_device is None:
+        return str(number)
+    return disk.model_copy(update={"block_device": block_device}).partition_path(number)
+
+
 def _check_rights(
-    context: ApiContext, caller: Caller, nodes: list[str], partition: int | None
+    context: ApiContext,
+    caller: Caller,
+    nodes: list[str],
+    partition: int | None,
+    block_device: str | None = None,
 ) -> None:
     if caller.admin:
         return
     wanted = [
-        (n, str(partition or context.config.nodes[n].settings.disk.deploy_partition)) for n in nodes
+        (n, rights_key(context.config.nodes[n].settings.disk, partition, block_device))
+        for n in nodes
     ]
     missing = context.reader.nodes_without_right(caller.user, wanted)
     if missing:
@@ -238,10 +269,16 @@ def _check_rights(
             Problem("request", f"{caller.user} has no right to deploy {n} (partition {p})", "nodes")
             for n, p in missing
         ]
+        device_note = (
+            f" (with block_device {block_device}, a right on the partition's device path, "
+            f"such as {missing[0][1]}, or on * is needed)"
+            if block_device is not None
+            else ""
+        )
         raise ApiError(
             403,
             "no_right",
-            f"no right to deploy {', '.join(n for n, _ in missing)}; "
+            f"no right to deploy {', '.join(n for n, _ in missing)}{device_note}; "
             f"an administrator grants rights with karights",
             problems,
         )

@@ -4,9 +4,19 @@ Both run the nodes' configured power commands through the RebootActor and answer
 node's command ended or its time ran out (the route waits in the server's thread pool,
 bounded; never in an actor): one result per node, HTTP 200 even when some failed, so that a
 client sees each node's outcome. A user needs a right on every node (any partition), as for
-deployments, and a node that a running deployment holds is refused unless ``force``. Only
-simple reboots are carried out so far; the other kinds of kareboot (set a PXE profile, into
-the deploy environment, into a recorded environment) answer ``501 not_supported``.
+deployments, and a node that a running deployment holds is refused unless ``force``.
+
+The kinds of reboot (Kadeploy3's kareboot ``-r``):
+
+- ``simple``: the power commands, answered as above;
+- ``set_pxe``: the caller's own PXE profile (``profile``, text sent in the body, checked by
+  kadeployd/pxe/user_profiles.py) is written for each node, the ``files`` (uploads) are
+  published under ``users/<user>/`` of the TFTP root, then a simple reboot, answered as above;
+- ``deploy_env`` and ``recorded_env`` (``environment`` and ``partition``): a reboot
+  *operation* run by the deployment workflow (kadeployd/workflow/operations.py) with retries,
+  timeouts, per-node states, events and cancel. It can take minutes, so the route does not
+  wait: it answers ``202`` with the operation's deployment document, which the client follows
+  like a deployment (``/v1/deployments/{id}``, its events, its cancel).
 """
 
 from __future__ import annotations
@@ -14,19 +24,25 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from kadeployd.api import environments
 from kadeployd.api.auth import Caller, CallerDep, Context
 from kadeployd.api.context import ApiContext
+from kadeployd.api.convert import deployment_out
 from kadeployd.api.errors import ApiError
-from kadeployd.api.models import ErrorResponse, NodeName
+from kadeployd.api.models import DeploymentOut, EnvironmentRef, FileName, NodeName, UploadId
 from kadeployd.api.node_checks import refuse_busy, require_known
 from kadeployd.api.responses import ERRORS
 from kadeployd.config import Node
-from kadeployd.errors import Problem
+from kadeployd.environment import EnvironmentDescription
+from kadeployd.errors import InputError, Problem
+from kadeployd.pxe.errors import PxeError
+from kadeployd.pxe.user_profiles import MAX_FILES, MAX_PROFILE_BYTES, UserProfile, check_profile
 from kadeployd.reboot import PowerAction, RebootLevel, RebootResult
 from kadeployd.store.rights import ANY
+from kadeployd.workflow.job import DeploymentRequest, NoEnvironment, Operation
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +50,8 @@ router = APIRouter(prefix="/v1", tags=["power"], responses=ERRORS)
 
 MAX_NODES = 10_000
 RebootKind = Literal["simple", "set_pxe", "deploy_env", "recorded_env"]
-SUPPORTED_KINDS = ("simple",)
+SET_PXE_DIR = "set_pxe"
+"""Under the state dir: where a set_pxe request's uploads wait until they are published."""
 
 
 class _In(BaseModel):
@@ -58,6 +75,16 @@ class RebootRequestIn(_In):
     level: Literal["soft", "hard", "very_hard"] = "soft"
     force: StrictBool = False
     """Reboot nodes that a running deployment holds."""
+    environment: EnvironmentRef | None = None
+    """``recorded_env``: the environment deployed on ``partition`` (one you may see)."""
+    partition: Annotated[int, Field(ge=1, le=128)] | None = None
+    """``recorded_env``: the partition it was deployed on."""
+    profile: Annotated[str, Field(min_length=1, max_length=MAX_PROFILE_BYTES)] | None = None
+    """``set_pxe``: the pxelinux profile text (``FILES_PREFIX`` names your TFTP directory)."""
+    files: Annotated[dict[FileName, UploadId], Field(max_length=MAX_FILES)] = Field(
+        default_factory=dict,
+        description="set_pxe: file name under your TFTP directory -> upload id",
+    )
 
 
 class PowerResultOut(BaseModel):
@@ -85,22 +112,136 @@ def power(body: PowerRequestIn, context: Context, caller: CallerDep) -> list[Pow
 
 @router.post(
     "/reboots",
-    response_model=list[PowerResultOut],
-    responses={501: {"model": ErrorResponse, "description": "Reboot kind not supported yet"}},
+    response_model=list[PowerResultOut] | DeploymentOut,
+    responses={
+        202: {
+            "model": DeploymentOut,
+            "description": "deploy_env, recorded_env: the operation started; follow it as a "
+            "deployment",
+        }
+    },
 )
-def reboot(body: RebootRequestIn, context: Context, caller: CallerDep) -> list[PowerResultOut]:
-    """Reboot nodes at a level (soft, hard, very_hard); only ``simple`` reboots so far."""
-    if body.kind not in SUPPORTED_KINDS:
-        raise ApiError(
-            501,
-            "not_supported",
-            f"reboot kind {body.kind} is not supported yet; supported: "
-            f"{', '.join(SUPPORTED_KINDS)}",
-        )
+def reboot(
+    body: RebootRequestIn, context: Context, caller: CallerDep, response: Response
+) -> list[PowerResultOut] | DeploymentOut:
+    """Reboot nodes at a level (soft, hard, very_hard): simply, after setting your own PXE
+    profile (``set_pxe``), into the deploy environment (``deploy_env``) or into an environment
+    already deployed on a partition (``recorded_env``)."""
+    _check_kind_fields(body)
+    if body.kind in ("deploy_env", "recorded_env"):
+        view = _start_operation(body, context, caller)
+        response.status_code = 202
+        response.headers["Location"] = f"/v1/deployments/{view.id}"
+        return view
     nodes = _checked_nodes(context, caller, body.nodes, body.force, "reboot")
+    if body.kind == "set_pxe":
+        assert body.profile is not None
+        _set_pxe(context, caller, nodes, _profile(body.profile, caller), body.files)
     results = context.daemon.reboot(nodes, RebootLevel(body.level))
-    logger.info("%s: %s reboot of %d nodes", caller.user, body.level, len(nodes))
+    logger.info("%s: %s %s reboot of %d nodes", caller.user, body.kind, body.level, len(nodes))
     return [_out(r) for r in results]
+
+
+_KIND_FIELDS = {
+    "environment": ("recorded_env",),
+    "partition": ("recorded_env",),
+    "profile": ("set_pxe",),
+    "files": ("set_pxe",),
+}
+_REQUIRED = {"recorded_env": ("environment", "partition"), "set_pxe": ("profile",)}
+
+
+def _check_kind_fields(body: RebootRequestIn) -> None:
+    """422 for a field the kind needs but lacks, or one it does not take."""
+    problems = [
+        Problem("request", f"required with kind {body.kind}", field)
+        for field in _REQUIRED.get(body.kind, ())
+        if getattr(body, field) is None
+    ]
+    problems.extend(
+        Problem("request", f"only with kind {' or '.join(kinds)}, not {body.kind}", field)
+        for field, kinds in _KIND_FIELDS.items()
+        if body.kind not in kinds and getattr(body, field) not in (None, {})
+    )
+    if problems:
+        raise ApiError(422, "invalid_request", str(problems[0]).removeprefix("request: "), problems)
+
+
+def _profile(text: str, caller: Caller) -> UserProfile:
+    try:
+        return check_profile(text, caller.user, source="profile", path="profile")
+    except InputError as exc:
+        problems = [Problem("request", p.message, p.path, p.line) for p in exc.problems]
+        first = problems[0]
+        where = f"profile line {first.line}" if first.line is not None else "profile"
+        raise ApiError(422, "invalid_profile", f"{where}: {first.message}", problems) from None
+
+
+def _set_pxe(
+    context: ApiContext,
+    caller: Caller,
+    nodes: list[Node],
+    profile: UserProfile,
+    files: dict[str, str],
+) -> None:
+    """Publish the uploads ``files`` and write ``profile`` for ``nodes``."""
+    directory = environments.new_directory(context.state_dir / SET_PXE_DIR)
+    try:
+        taken = environments.take_uploads(context, caller, files, directory)
+        try:
+            context.daemon.set_pxe(nodes, profile, {name: directory / name for name in files})
+        except PxeError as exc:
+            environments.give_back(context, taken)
+            raise ApiError(500, "pxe_error", f"cannot write the PXE profile: {exc}") from None
+    finally:
+        environments.remove_directory(directory)
+    logger.info("%s: own PXE profile set on %d nodes", caller.user, len(nodes))
+
+
+def _start_operation(body: RebootRequestIn, context: ApiContext, caller: Caller) -> DeploymentOut:
+    """Start a deploy_env or recorded_env operation; its deployment document."""
+    require_known(context.config.nodes, body.nodes)
+    target: EnvironmentDescription | NoEnvironment = NoEnvironment(name="deploy_env")
+    operation = Operation.DEPLOY_ENV
+    if body.kind == "recorded_env":
+        assert body.environment is not None
+        record = environments.resolve(context, caller, body.environment)
+        target = environments.description_of(context, record)
+        operation = Operation.RECORDED_ENV
+        _check_clusters(context, target, body.nodes)
+    with context.deploy_lock:
+        nodes = _checked_nodes(context, caller, body.nodes, body.force, "reboot")
+        request = DeploymentRequest(
+            user=caller.user,
+            environment=target,
+            nodes=tuple(n.name for n in nodes),
+            deploy_partition=body.partition,
+            anonymous=False,
+            operation=operation,
+            reboot_level=RebootLevel(body.level),
+        )
+        deployment_id = context.daemon.deploy(request)
+    logger.info("%s: %s of %d nodes: %s", caller.user, body.kind, len(nodes), deployment_id)
+    return deployment_out(
+        context.reader.deployment(deployment_id), context.reader.nodes(deployment_id)
+    )
+
+
+def _check_clusters(context: ApiContext, env: EnvironmentDescription, names: list[str]) -> None:
+    """422 for a node of a cluster the environment does not run on."""
+    known = context.config.nodes
+    problems = [
+        Problem(
+            "request",
+            f"environment {env.name} does not run on cluster {known[n].cluster} of {n} "
+            f"(its clusters: {', '.join(env.clusters or ())})",
+            f"nodes[{i}]",
+        )
+        for i, n in enumerate(names)
+        if not env.runs_on(known[n].cluster)
+    ]
+    if problems:
+        raise ApiError(422, "incompatible_environment", problems[0].message, problems)
 
 
 def _checked_nodes(

@@ -10,7 +10,13 @@ from fastapi import APIRouter, Path, Query
 
 from kadeployd.api.auth import CallerDep, Context, require_admin
 from kadeployd.api.errors import ApiError
-from kadeployd.api.models import RightOut, RightsChange, RightsGrant
+from kadeployd.api.models import (
+    MAX_DEVICE,
+    PartitionOrAny,
+    RightOut,
+    RightsChange,
+    RightsGrant,
+)
 from kadeployd.api.node_checks import require_known
 from kadeployd.api.responses import ERRORS
 from kadeployd.store.rights import ANY
@@ -56,7 +62,7 @@ def revoke_rights(
     context: Context,
     caller: CallerDep,
     node: Annotated[str | None, Query(max_length=255)] = None,
-    partition: Annotated[str | None, Query(max_length=8)] = None,
+    partition: Annotated[PartitionOrAny | None, Query(max_length=MAX_DEVICE + 8)] = None,
 ) -> RightsChange:
     """Revoke ``user``'s rights on ``node`` and ``partition`` (absent: all of them)."""
     require_admin(caller, "revoke rights")

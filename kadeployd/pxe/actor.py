@@ -12,6 +12,7 @@ so that its supervisor restarts it with a fresh server.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -19,10 +20,12 @@ from typing import Any
 
 import pykka
 
+from kadeployd.pxe import user_profiles
 from kadeployd.pxe.errors import PxeError
 from kadeployd.pxe.files import PxeFiles
 from kadeployd.pxe.profiles import BootTarget
 from kadeployd.pxe.tftp import ServedFile, TftpService
+from kadeployd.pxe.user_profiles import UserProfile
 from kadeployd.supervision import SupervisedActor
 
 logger = logging.getLogger(__name__)
@@ -96,6 +99,14 @@ class PxeActor(SupervisedActor):
     def set_profile(self, mac: str, target: BootTarget) -> str:
         """Point the node with this MAC at ``target`` (atomic); returns the profile's TFTP path."""
         return self._files.set_profile(mac, target)
+
+    def set_user_profile(
+        self, macs: Sequence[str], profile: UserProfile, files: Mapping[str, Path]
+    ) -> list[str]:
+        """kareboot set_pxe: publish a user's ``files`` under their TFTP directory, then write
+        their checked ``profile`` for each MAC (atomic); the profiles' TFTP paths."""
+        user_profiles.publish_files(self._files.root, profile.user, files)
+        return user_profiles.write_profiles(self._files.root, macs, profile)
 
     def remove_profile(self, mac: str) -> bool:
         """Remove the node's profile; False if it had none."""

@@ -44,10 +44,11 @@ PENDING = "pending"
 
 FINAL_NODE_STATES: frozenset[str] = frozenset(
     {"deployed", "deploy_failed", "aborted", "already_installed", "incompatible", "decommissioned"}
+    | {"breakpointed"}
 )
 """The states a node ends in (:meth:`Store.finish_node`); no state is recorded after one."""
 
-SUCCESS_NODE_STATES: frozenset[str] = frozenset({"deployed", "already_installed"})
+SUCCESS_NODE_STATES: frozenset[str] = frozenset({"deployed", "already_installed", "breakpointed"})
 """Final states that are not errors: their message is history, not ``error_message``."""
 
 ERROR_TAIL_CHARS = 4096

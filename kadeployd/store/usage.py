@@ -13,6 +13,8 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 # Statistics filter deployments by creation time, environment and user (bound parameters).
+# They leave out the kareboot operations that run the deployment workflow (deploy_env,
+# recorded_env: their options name the operation), so that reboots do not count as deployments.
 _LATEST = """
 SELECT * FROM (
     SELECT dn.node, dn.deployment_id, dn.state, dn.final, dn.step_started_at,
@@ -38,6 +40,7 @@ WHERE dn.final = 1 AND (:since IS NULL OR d.created_at >= :since)
 AND (:until IS NULL OR d.created_at < :until)
 AND (:environment IS NULL OR d.environment_name = :environment)
 AND (:user IS NULL OR d.user = :user)
+AND json_extract(d.options, '$.operation') IS NULL
 GROUP BY dn.node ORDER BY dn.node
 """
 
@@ -49,6 +52,7 @@ SELECT node, sum(extra) AS retries FROM (
     AND (:since IS NULL OR d.created_at >= :since) AND (:until IS NULL OR d.created_at < :until)
     AND (:environment IS NULL OR d.environment_name = :environment)
     AND (:user IS NULL OR d.user = :user)
+    AND json_extract(d.options, '$.operation') IS NULL
     GROUP BY h.deployment_id, h.node, h.macrostep
 ) GROUP BY node
 """
@@ -62,6 +66,7 @@ FROM (
     WHERE (:since IS NULL OR d.created_at >= :since) AND (:until IS NULL OR d.created_at < :until)
     AND (:environment IS NULL OR d.environment_name = :environment)
     AND (:user IS NULL OR d.user = :user)
+    AND json_extract(d.options, '$.operation') IS NULL
 ) WHERE next_at IS NOT NULL
 GROUP BY state ORDER BY state
 """

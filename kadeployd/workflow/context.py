@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kadeployd.adapters.commands import CommandResult
-from kadeployd.config import Node
+from kadeployd.config import DiskSettings, Node
 from kadeployd.errors import KadeployError
 from kadeployd.pxe.profiles import BootTarget
 from kadeployd.reboot.levels import RebootLevel
@@ -127,6 +127,14 @@ class StepContext:
     """Facts a later step needs, e.g. the deploy env's host key (survives retries)."""
 
     @property
+    def disk(self) -> DiskSettings:
+        """The node's disk settings, with the block device the request asked for (``-b``)."""
+        disk = self.node.settings.disk
+        if self.job.block_device is None:
+            return disk
+        return disk.model_copy(update={"block_device": self.job.block_device})
+
+    @property
     def deploy_partition(self) -> int:
         """The partition the environment goes to."""
         return self.job.deploy_partition or self.node.settings.disk.deploy_partition
@@ -134,7 +142,7 @@ class StepContext:
     @property
     def deploy_device(self) -> str:
         """Device path of the deploy partition on the node."""
-        return self.node.settings.disk.partition_path(self.deploy_partition)
+        return self.disk.partition_path(self.deploy_partition)
 
     @property
     def command_timeout(self) -> float:
@@ -158,9 +166,15 @@ class StepContext:
         result = self.services.shell().run(
             script=script, timeout=self.command_timeout, stdin=stdin, on_output=self.log
         )
+        return self.checked(result, what, self.command_timeout)
+
+    def checked(self, result: CommandResult, what: str, timeout: float) -> CommandResult:
+        """``result`` of a remote command run for ``what`` with ``timeout``; StepCancelled if
+        the step was cancelled meanwhile, StepFailed naming ``what`` if it timed out or
+        failed."""
         self.check_cancelled()
         if result.timed_out:
-            raise StepFailed(f"{what}: timed out after {self.command_timeout:g} s")
+            raise StepFailed(f"{what}: timed out after {timeout:g} s")
         if result.returncode != 0:
             tail = result.stderr_tail(5).strip() or result.stdout[-500:].strip()
             raise StepFailed(f"{what}: exit status {result.returncode}: {tail}")

@@ -3,13 +3,43 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
 
 from kadeployd.environment import EnvironmentDescription
+from kadeployd.errors import KadeployError
+from kadeployd.reboot.levels import RebootLevel
+
+if TYPE_CHECKING:  # at run time they import this module (a cycle)
+    from kadeployd.workflow.breakpoint import Breakpoint
+    from kadeployd.workflow.custom_ops import CustomSteps
 
 MOUNT_POINT = "/mnt/dest"
 """Where the deploy partition is mounted in the deploy env (Kadeploy3's path)."""
+
+
+class Operation(StrEnum):
+    """What a job does to its nodes: a deployment, or a kareboot that reuses its workflow
+    (only some macrosteps run; see kadeployd/workflow/operations.py)."""
+
+    DEPLOY = "deploy"
+    DEPLOY_ENV = "deploy_env"
+    """kareboot -r deploy_env: PXE to the deploy kernel, reboot, wait for the deploy env."""
+    RECORDED_ENV = "recorded_env"
+    """kareboot -r recorded_env: boot the environment already on the deploy partition."""
+
+
+class NoEnvironment(BaseModel):
+    """Stands for the environment of a job that boots none (kareboot -r deploy_env): what the
+    store records as its environment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,19 +47,41 @@ class DeploymentRequest:
     """A user's request, validated: environment, nodes, options."""
 
     user: str
-    environment: EnvironmentDescription
+    environment: EnvironmentDescription | NoEnvironment
     nodes: tuple[str, ...]
     authorized_keys: str = ""
     """The user's public keys (``-k``), appended to the deployed root's authorized_keys."""
     min_nodes: int | None = None
     deploy_partition: int | None = None
     """``-p``: overrides the node's configured deploy partition."""
+    block_device: str | None = None
+    """``-b``: overrides the node's configured block device (``disk.block_device``)."""
     anonymous: bool = True
     """An environment sent with the request rather than taken from the catalogue."""
+    operation: Operation = Operation.DEPLOY
+    reboot_level: RebootLevel = RebootLevel.SOFT
+    """The first reboot's level in a reboot operation (``kareboot -l``); retries go harder."""
+    breakpoint: Breakpoint | None = None
+    """``--breakpoint``: where each node stops (kadeployd/workflow/breakpoint.py)."""
+    custom_steps: CustomSteps | None = None
+    """``--custom-steps``: operations around microsteps (kadeployd/workflow/custom_ops.py)."""
 
     def options(self) -> dict[str, Any]:
         """The options as recorded in the store."""
-        return {"deploy_partition": self.deploy_partition, "keys": bool(self.authorized_keys)}
+        options: dict[str, Any] = {
+            "deploy_partition": self.deploy_partition,
+            "keys": bool(self.authorized_keys),
+        }
+        if self.block_device is not None:
+            options["block_device"] = self.block_device
+        if self.operation != Operation.DEPLOY:
+            options["operation"] = self.operation.value
+            options["reboot_level"] = self.reboot_level.value
+        if self.breakpoint is not None:
+            options["breakpoint"] = str(self.breakpoint)
+        if self.custom_steps is not None:
+            options["custom_steps"] = self.custom_steps.shown()
+        return options
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +103,16 @@ class DeploymentJob:
 
     @property
     def environment(self) -> EnvironmentDescription:
-        """The environment being deployed."""
-        return self.request.environment
+        """The environment being deployed (a job that boots none has no such thing)."""
+        environment = self.request.environment
+        if isinstance(environment, NoEnvironment):
+            raise KadeployError(f"{self.request.operation} job {self.deployment_id} has no image")
+        return environment
+
+    @property
+    def operation(self) -> Operation:
+        """What the job does: a deployment or a kind of reboot."""
+        return self.request.operation
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -68,6 +128,11 @@ class DeploymentJob:
     def deploy_partition(self) -> int | None:
         """The requested deploy partition, if any."""
         return self.request.deploy_partition
+
+    @property
+    def block_device(self) -> str | None:
+        """The requested block device, if any."""
+        return self.request.block_device
 
     @property
     def image(self) -> Path:

@@ -42,6 +42,16 @@ class Tally:
         return sum(1 for s in self.finished.values() if s == NodeState.DEPLOYED)
 
     @property
+    def breakpointed(self) -> int:
+        """Nodes stopped at the deployment's breakpoint (a success, like DEPLOYED)."""
+        return sum(1 for s in self.finished.values() if s == NodeState.BREAKPOINTED)
+
+    @property
+    def succeeded(self) -> int:
+        """Nodes that reached the deployment's goal: deployed, or stopped at its breakpoint."""
+        return self.deployed + self.breakpointed
+
+    @property
     def unfinished(self) -> list[str]:
         """Nodes still working, in deployment order."""
         return [n for n in self.nodes if n not in self.finished]
@@ -55,9 +65,9 @@ class Tally:
     def verdict(self) -> tuple[Verdict, str]:
         """The deployment's status now, and why."""
         if self.min_nodes is not None:
-            possible = self.deployed + len(self.unfinished)
-            if self.deployed >= self.min_nodes and self.unfinished:
-                return Verdict.SUCCEEDED, f"min nodes reached ({self.deployed}/{self.min_nodes})"
+            possible = self.succeeded + len(self.unfinished)
+            if self.succeeded >= self.min_nodes and self.unfinished:
+                return Verdict.SUCCEEDED, f"min nodes reached ({self.succeeded}/{self.min_nodes})"
             if possible < self.min_nodes:
                 failed = len(self.nodes) - possible
                 return Verdict.FAILED, (
@@ -67,5 +77,9 @@ class Tally:
         if self.unfinished:
             return Verdict.RUNNING, ""  # without min_nodes, every node goes to its end
         summary = f"{self.deployed}/{len(self.nodes)} nodes deployed"
+        if self.breakpointed:
+            summary = f"{self.breakpointed}/{len(self.nodes)} nodes stopped at the breakpoint" + (
+                f", {self.deployed} deployed" if self.deployed else ""
+            )
         goal = self.min_nodes or len(self.nodes)
-        return (Verdict.SUCCEEDED if self.deployed >= goal else Verdict.FAILED), summary
+        return (Verdict.SUCCEEDED if self.succeeded >= goal else Verdict.FAILED), summary

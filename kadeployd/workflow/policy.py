@@ -35,6 +35,8 @@ class Plan:
     """A node's variant lists, and how to move through them."""
 
     macrosteps: Macrosteps
+    order: tuple[Macrostep, ...] = MACROSTEPS
+    """The macrosteps run, in order: all three for a deployment, fewer for a reboot operation."""
 
     def variant(self, position: Position) -> Variant:
         """The variant running at ``position``."""
@@ -42,14 +44,14 @@ class Plan:
 
     def first(self) -> Position:
         """Where every node starts."""
-        return Position(MACROSTEPS[0], 0, 1)
+        return Position(self.order[0], 0, 1)
 
     def after_success(self, position: Position) -> Position | None:
         """The next macrostep's first variant, or None when the deployment of the node is done."""
-        index = MACROSTEPS.index(position.macrostep)
-        if index + 1 == len(MACROSTEPS):
+        index = self.order.index(position.macrostep)
+        if index + 1 == len(self.order):
             return None
-        return Position(MACROSTEPS[index + 1], 0, 1)
+        return Position(self.order[index + 1], 0, 1)
 
     def after_failure(self, position: Position) -> Position | None:
         """A retry of the same variant, the next variant, or None when the node has failed."""

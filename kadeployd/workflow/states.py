@@ -40,6 +40,8 @@ class NodeState(StrEnum):
     """Final: the environment does not support the node's cluster."""
     DECOMMISSIONED = "decommissioned"
     """Final: the node was removed from the configuration during the deployment."""
+    BREAKPOINTED = "breakpointed"
+    """Final: stopped before the ``--breakpoint`` microstep, left as it was (a success)."""
 
     @property
     def final(self) -> bool:
@@ -55,6 +57,7 @@ FINAL_STATES = frozenset(
         NodeState.ALREADY_INSTALLED,
         NodeState.INCOMPATIBLE,
         NodeState.DECOMMISSIONED,
+        NodeState.BREAKPOINTED,
     }
 )
 
@@ -80,6 +83,7 @@ for _state in (NodeState.PENDING, *_WORKING):
         NodeState.DEPLOY_FAILED,
         NodeState.ABORTED,
         NodeState.DECOMMISSIONED,
+        NodeState.BREAKPOINTED,
     }
 for _state in FINAL_STATES:
     TRANSITIONS[_state] = frozenset()

@@ -21,7 +21,7 @@ from kadeployd.chain import (
 )
 from kadeployd.environment import Compression, ImageKind, ScriptArchive
 from kadeployd.pxe.profiles import ChainPartition, DeployKernel, NetworkKernel
-from kadeployd.reboot.levels import RebootLevel, escalate
+from kadeployd.reboot.levels import LEVELS, RebootLevel, escalate
 from kadeployd.workflow.context import SoftRebootUnconfirmed, StepContext, StepFailed
 from kadeployd.workflow.job import MOUNT_POINT
 from kadeployd.workflow.states import NodeState
@@ -63,18 +63,18 @@ def switch_pxe_to_deploy_env(ctx: StepContext) -> None:
 
 def reboot_escalating(ctx: StepContext) -> None:
     """Reboot: soft on the first attempt, hard on the second, very hard after."""
-    _reboot(ctx, escalate(ctx.position.attempt))
+    reboot_at_least(ctx, RebootLevel.SOFT)
 
 
 def reboot_hard(ctx: StepContext) -> None:
     """Reboot through the BMC whatever the attempt (the ``hard_reboot`` variant)."""
-    _reboot(ctx, max(escalate(ctx.position.attempt), RebootLevel.HARD, key=_LEVELS.index))
+    reboot_at_least(ctx, RebootLevel.HARD)
 
 
-_LEVELS = [RebootLevel.SOFT, RebootLevel.HARD, RebootLevel.VERY_HARD]
-
-
-def _reboot(ctx: StepContext, level: RebootLevel) -> None:
+def reboot_at_least(ctx: StepContext, level: RebootLevel) -> None:
+    """Reboot at ``level``, or harder when the escalation of this attempt (soft, hard, very
+    hard) is stronger."""
+    level = max(level, escalate(ctx.position.attempt), key=LEVELS.index)
     ctx.memory["host_key_before_reboot"] = ctx.services.host_key() or ""
     ctx.services.reset_shell()
     ctx.log("info", f"{level} reboot")
@@ -85,17 +85,23 @@ def _reboot(ctx: StepContext, level: RebootLevel) -> None:
         ctx.log("info", f"{exc}; waiting for the node anyway")
 
 
-def wait_deploy_env(ctx: StepContext) -> None:
-    """Wait until the node answers SSH in this deployment's deploy env."""
+def await_deploy_env(ctx: StepContext) -> None:
+    """Return once the node answers SSH in this deployment's deploy env (its id in
+    /proc/cmdline), probing every ``boot.check_interval``."""
     marker = f"{DEPLOY_MARKER}={ctx.job.deployment_id}"
     interval = ctx.node.settings.boot.check_interval
     while True:
         seen = ctx.services.probe()
         if seen.reachable and marker in seen.cmdline.split():
-            ctx.memory["deploy_env_host_key"] = ctx.services.host_key() or ""
-            ctx.set_state(NodeState.DEPLOY_ENV)
             return
         ctx.wait(interval)
+
+
+def wait_deploy_env(ctx: StepContext) -> None:
+    """Wait until the node answers SSH in this deployment's deploy env."""
+    await_deploy_env(ctx)
+    ctx.memory["deploy_env_host_key"] = ctx.services.host_key() or ""
+    ctx.set_state(NodeState.DEPLOY_ENV)
 
 
 def check_prod_env(ctx: StepContext) -> None:
@@ -114,7 +120,7 @@ def check_prod_env(ctx: StepContext) -> None:
 
 def partition_disk(ctx: StepContext) -> None:
     """Run the cluster's partitioning script in the deploy env, if one is configured."""
-    script = ctx.node.settings.disk.partitioning_script
+    script = ctx.disk.partitioning_script
     if script is None:
         ctx.log("info", "no partitioning script: partition table kept")
         return
@@ -122,8 +128,7 @@ def partition_disk(ctx: StepContext) -> None:
         text = script.read_bytes()
     except OSError as exc:
         raise StepFailed(f"partitioning script {script}: {exc.strerror}") from None
-    disk = ctx.node.settings.disk
-    env = f"KADEPLOY_BLOCK_DEVICE={shlex.quote(disk.block_device)} " + (
+    env = f"KADEPLOY_BLOCK_DEVICE={shlex.quote(ctx.disk.block_device)} " + (
         f"KADEPLOY_DEPLOY_PART={shlex.quote(ctx.deploy_device)}"
     )
     ctx.run(f"{env} sh -s", stdin=text, what="partitioning script")
@@ -134,7 +139,7 @@ def format_deploy_partition(ctx: StepContext) -> None:
     environment = ctx.job.environment
     if environment.image.kind != ImageKind.TAR:
         return
-    filesystem = str(environment.filesystem or ctx.node.settings.disk.filesystem)
+    filesystem = str(environment.filesystem or ctx.disk.filesystem)
     force = "-f" if filesystem == "xfs" else "-F"
     device = shlex.quote(ctx.deploy_device)
     ctx.run(f"umount {_MNT} 2>/dev/null; mkfs.{filesystem} -q {force} {device}", what="mkfs")

@@ -87,17 +87,30 @@ def wait_finished(daemon: Daemon, deployment_id: str) -> DeploymentView:
     )
 
 
-def os_release(testbed: Any, node: str, key: Path) -> str:
-    """/etc/os-release of ``node``, read over SSH with ``key``."""
-    result = subprocess.run(
-        testbed.ssh_argv(node, "cat", "/etc/os-release", key=key),
+def ssh_run(
+    testbed: Any, node: str, *command: str, key: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` on ``node`` over SSH (``key``: the user's, for the deployed system;
+    None: the deploy key); the completed process, whatever its exit status."""
+    return subprocess.run(
+        testbed.ssh_argv(node, *command, key=key),
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def ssh_output(testbed: Any, node: str, *command: str, key: Path | None = None) -> str:
+    """The output of ``command`` on ``node``, which must succeed."""
+    result = ssh_run(testbed, node, *command, key=key)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def os_release(testbed: Any, node: str, key: Path) -> str:
+    """/etc/os-release of ``node``, read over SSH with ``key``."""
+    return ssh_output(testbed, node, "cat", "/etc/os-release", key=key)
 
 
 ConfEdit = Callable[[dict[str, Any], dict[str, Any]], None]
