@@ -52,7 +52,7 @@ def relay_arguments(
     progress_interval: float = 1.0,
     secret_env: str = "",
     flush: str = "",
-    flush_mib: int = 16,
+    flush_mib: int = 64,
 ) -> list[str]:
     """The relay's command-line arguments (after ``python3 relay.py``).
 

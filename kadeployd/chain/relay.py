@@ -30,7 +30,7 @@ Usage::
 ``--progress-interval``  seconds between ``progress`` events (default 1).
 ``--flush PATH``         start the writeback of PATH's filesystem (a directory: syncfs) or
                          of PATH itself (a block device: fsync) each time the writer got
-                         another ``--flush-mib`` MiB (default 16), so that the disk writes
+                         another ``--flush-mib`` MiB (default 64), so that the disk writes
                          while the stream arrives rather than all at umount, after it.
 
 The rest of the chain is NOT given on the command line: the upstream sends it in the
@@ -894,7 +894,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--chunk-kib", type=int, default=1024)
     parser.add_argument("--progress-interval", type=float, default=1.0)
     parser.add_argument("--flush", default="", help="directory or block device to flush")
-    parser.add_argument("--flush-mib", type=int, default=16)
+    parser.add_argument("--flush-mib", type=int, default=64)
     return parser.parse_args(argv)
 
 
