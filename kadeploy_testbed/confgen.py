@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 CLUSTER = "testbed"
 
 
+SOFT_REBOOT = "nohup sh -c 'sleep 1; reboot' </dev/null >/dev/null 2>&1 &"
+"""The remote command of a soft reboot: it answers before the node goes down, so ssh reports
+success instead of the connection dropping under it (exit 255, read as a failed reboot)."""
+
 def _ipmitool(*command: str) -> list[str]:
     return [
         "ipmitool", "-I", "lanplus", "-H", "{bmc}", "-p", str(BMC_PORT), "-U", "{ipmi_user}",
@@ -61,7 +65,7 @@ def deploy_conf(layout: Layout, tftp_host: str, tftp_port: int) -> dict[str, Any
                 "-o",
                 "ConnectTimeout=10",
                 "{ssh_user}@{address}",
-                "reboot",
+                SOFT_REBOOT,
             ],
             "reboot_hard": _ipmitool("chassis", "power", "cycle"),
             "reboot_very_hard": _ipmitool("chassis", "power", "reset"),

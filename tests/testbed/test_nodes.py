@@ -10,6 +10,10 @@ from typing import Any
 import pytest
 
 from kadeploy_testbed.testbed import Testbed, ssh_answers, wait_until
+from kadeployd.adapters.commands import run_command
+from kadeployd.config import load_config
+from kadeployd.reboot.jobs import PowerRequest, plan, result_of
+from kadeployd.reboot.levels import RebootLevel
 
 pytestmark = [pytest.mark.root, pytest.mark.testbed]
 
@@ -300,6 +304,23 @@ def test_reboot_inside_a_node_reboots_only_that_node(
     wait_env(fresh_testbed, node, "prod")
     assert profile_name(fresh_testbed, node) in testbed_tftp.requested()
     assert _host_identity() == before
+
+
+def test_the_configured_soft_reboot_answers_then_reboots_the_node(fresh_testbed: Testbed) -> None:
+    # The generated configuration's reboot_soft, run as the RebootActor runs it: the command
+    # must report success (not ssh's 255 when the reboot cuts the connection) and the node
+    # must really reboot.
+    config = load_config(fresh_testbed.layout.conf_dir)
+    node = config.nodes[fresh_testbed.nodes[0].name]
+    boots = boot_count(fresh_testbed, node.name)
+    request = plan("soft", node, RebootLevel.SOFT)
+    assert isinstance(request, PowerRequest), request
+
+    result = result_of(request, run_command(request.argv, request.timeout))
+
+    assert (result.ok, result.message) == (True, "soft reboot succeeded")
+    assert wait_until(partial(booted_since, fresh_testbed, node.name, boots), BOOT_TIMEOUT)
+    wait_env(fresh_testbed, node.name, "prod")
 
 
 def test_reboot_syscall_inside_a_node_does_not_touch_the_host(fresh_testbed: Testbed) -> None:
