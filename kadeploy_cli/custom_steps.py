@@ -3,8 +3,11 @@
 The file is checked as the daemon would check it (every mistake as ``FILE:LINE: key: what is
 wrong; what is valid``), then each local file of its ``send`` and ``run`` operations (relative
 to the custom-steps file) is checked and streamed to ``/v1/uploads``; the request carries the
-document with each ``file`` replaced by the plain name of its upload. Nothing is sent when the
-document or a file is wrong; uploads already made are deleted if a later one fails.
+document with each ``file`` replaced by the plain name of its upload, and for each file a
+``send`` copies, the file's own name (``./a/my motd`` reaches the node as ``my motd``). Nothing is
+sent when the document or a file is wrong (a ``send`` of a file name that cannot be one on the
+node, two sends of different files under one name into one destination); uploads already made
+are deleted if a later one fails.
 """
 
 from __future__ import annotations
@@ -13,14 +16,20 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kadeploy_cli.client import Client
 from kadeploy_cli.envfiles import upload_name
 from kadeploy_cli.errors import ApiFailure, ServerFailure, UsageProblem
+from kadeploy_cli.uploads import deleted_on_failure
 from kadeployd.errors import InputError, Problem
-from kadeployd.workflow.custom_ops import CustomOperation, CustomSteps, parse_custom_steps
+from kadeployd.workflow.custom_ops import (
+    CustomOperation,
+    CustomSteps,
+    check_send_name,
+    parse_custom_steps,
+)
 from kadeployd.yamldoc import YamlDocument, YamlLoadError, dotted, load_yaml_file
 
 logger = logging.getLogger(__name__)
@@ -45,24 +54,33 @@ def load(path: Path) -> LocalSteps:
         _fail(list(exc.problems))
     problems: list[Problem] = []
     files: dict[str, Path] = {}
+    misnamed = {op.file for op in steps.operations() if _sends(op) and _misnamed(op.file)}
     for op in steps.operations():
         if op.file and op.file not in files:
             local = _local(path, op.file)
-            problem = _unreadable(local)
+            problem = None if op.file in misnamed else _unreadable(local)  # one problem each
             if problem is not None:
                 problems.append(_at(document, op, f"{problem}: {local}"))
             files[op.file] = local
+    problems += _send_problems(document, steps, files)
     if problems:
         _fail(problems)
     return LocalSteps(document, steps, files)
 
 
+def send_name(file: str) -> str:
+    """The name ``send`` gives ``file`` (as written) on the node: its own file name."""
+    return PurePosixPath(file).name
+
+
 def upload(local: LocalSteps, client: Client) -> dict[str, Any]:
-    """Upload the files; the ``custom_steps`` request body."""
+    """Upload the files; the ``custom_steps`` request body: the document naming the uploads,
+    ``files`` (upload name -> id) and ``names`` (upload name -> the name ``send`` gives the
+    file on the node)."""
     taken: set[str] = set()
     names: dict[str, str] = {}
     uploads: dict[str, str] = {}
-    try:
+    with deleted_on_failure(client) as made:
         for op in local.steps.operations():
             if not op.file or op.file in names:
                 continue
@@ -73,19 +91,57 @@ def upload(local: LocalSteps, client: Client) -> dict[str, Any]:
                 if isinstance(exc, ServerFailure):
                     raise
                 raise UsageProblem(str(_at(local.document, op, exc.format_message()))) from None
+            made.append(uploads[name])
             names[op.file] = name
-    except BaseException:
-        for upload_id in uploads.values():
-            try:
-                client.delete(f"/v1/uploads/{upload_id}")
-            except ApiFailure:
-                logger.warning("could not delete upload %s", upload_id)
-        raise
     steps = local.steps.shown()
     for shown in _operations(steps):
         if "file" in shown:
             shown["file"] = names[shown["file"]]
-    return {"steps": steps, "files": uploads}
+    sent = {names[op.file]: send_name(op.file) for op in local.steps.operations() if _sends(op)}
+    return {"steps": steps, "files": uploads, "names": sent}
+
+
+def upload_ids(body: dict[str, Any]) -> list[str]:
+    """The uploads a ``custom_steps`` request body names."""
+    return [str(i) for i in body.get("files", {}).values()]
+
+
+def _sends(op: CustomOperation) -> bool:
+    return op.action == "send" and bool(op.file)
+
+
+def _misnamed(file: str) -> str | None:
+    return check_send_name(send_name(file))
+
+
+def _send_problems(
+    document: YamlDocument, steps: CustomSteps, files: dict[str, Path]
+) -> list[Problem]:
+    """A ``send`` whose file name cannot be a file on the node, and two sends of different
+    files under one name into one destination (the second would overwrite the first)."""
+    problems: list[Problem] = []
+    sent: dict[tuple[str, str], tuple[str, CustomOperation]] = {}
+    for op in filter(_sends, steps.operations()):
+        name = send_name(op.file)
+        wrong = _misnamed(op.file)
+        if wrong is not None:
+            problems.append(_at(document, op, wrong))
+            continue
+        local = os.path.abspath(files[op.file])
+        first = sent.setdefault((op.destination, name), (local, op))
+        if first[0] != local:
+            key = (*first[1].where, "file")
+            line = document.line_of(key)
+            where = f"{dotted(key)} (line {line})" if line is not None else dotted(key)
+            problems.append(
+                _at(
+                    document,
+                    op,
+                    f"sends another file as {name!r} into {op.destination} like {where}: one "
+                    "would overwrite the other on the node; rename one of the files",
+                )
+            )
+    return problems
 
 
 def _operations(shown: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -19,6 +19,7 @@ import yaml
 
 from kadeploy_cli.client import Client
 from kadeploy_cli.errors import UsageProblem
+from kadeploy_cli.uploads import deleted_on_failure
 from kadeployd.environment import EnvironmentDescription, load_environment
 from kadeployd.errors import EnvironmentError_
 from kadeployd.yamldoc import YamlLoadError, load_yaml_file
@@ -82,13 +83,15 @@ def prepare(path: Path, client: Client) -> PreparedEnvironment:
     taken: set[str] = set()
     uploaded: dict[Path, str] = {}
     files: dict[str, str] = {}
-    for key, local in local_files(env):
-        if local not in uploaded:
-            name = upload_name(local, taken)
-            logger.info("uploading %s as %s", local, name)
-            files[name] = str(client.upload(local, name)["id"])
-            uploaded[local] = name
-        _set(raw, key, uploaded[local])
+    with deleted_on_failure(client) as made:
+        for key, local in local_files(env):
+            if local not in uploaded:
+                name = upload_name(local, taken)
+                logger.info("uploading %s as %s", local, name)
+                files[name] = str(client.upload(local, name)["id"])
+                made.append(files[name])
+                uploaded[local] = name
+            _set(raw, key, uploaded[local])
     text = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
     return PreparedEnvironment(env.name, env.version, text, files)
 

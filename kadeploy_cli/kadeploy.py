@@ -43,6 +43,7 @@ from kadeploy_cli.output import (
     outcomes,
     summary_lines,
 )
+from kadeploy_cli.uploads import deleted_on_failure
 from kadeployd.nodelist import NodeRef
 from kadeployd.workflow.breakpoint import parse_breakpoint
 from kadeployd.workflow.stepnames import UnknownStep
@@ -336,9 +337,29 @@ def _create(
     key_file: Path | None,
     steps: custom_steps.LocalSteps | None = None,
 ) -> dict[str, Any]:
+    with deleted_on_failure(client) as made:  # a refused request leaves no upload behind
+        body = _body(client, options, refs, key_file, steps, made=made)
+        try:
+            deployment: dict[str, Any] = client.post("/v1/deployments", body)
+        except ApiFailure as exc:
+            raise _located(exc, refs) from None
+    return deployment
+
+
+def _body(
+    client: Client,
+    options: dict[str, Any],
+    refs: list[NodeRef],
+    key_file: Path | None,
+    steps: custom_steps.LocalSteps | None,
+    *,
+    made: list[str],
+) -> dict[str, Any]:
+    """The request, its files uploaded (their ids appended to ``made``)."""
     body: dict[str, Any] = {"nodes": [r.name for r in refs], "force": options["force"]}
     if steps is not None:  # before the image: a custom file refused costs no image upload
         body["custom_steps"] = custom_steps.upload(steps, client)
+        made += custom_steps.upload_ids(body["custom_steps"])
     if options["env_name"]:
         body["environment"] = {
             "name": options["env_name"],
@@ -346,9 +367,12 @@ def _create(
             "user": options["env_user"],
         }
     else:
-        body["anonymous_environment"] = envfiles.prepare(options["env_file"], client).body()
+        prepared = envfiles.prepare(options["env_file"], client)
+        made += prepared.files.values()
+        body["anonymous_environment"] = prepared.body()
     if key_file is not None:
         body["authorized_keys_upload"] = client.upload(key_file, "authorized_keys")["id"]
+        made.append(str(body["authorized_keys_upload"]))
     if options["min_nodes"] is not None:
         body["min_nodes"] = options["min_nodes"]
     if options["partition"] is not None:
@@ -357,11 +381,7 @@ def _create(
         body["block_device"] = options["block_device"]
     if options["breakpoint"]:
         body["breakpoint"] = options["breakpoint"]
-    try:
-        deployment: dict[str, Any] = client.post("/v1/deployments", body)
-    except ApiFailure as exc:
-        raise _located(exc, refs) from None
-    return deployment
+    return body
 
 
 def _located(exc: ApiFailure, refs: list[NodeRef]) -> CliError:

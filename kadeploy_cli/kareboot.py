@@ -26,6 +26,7 @@ import click
 from kadeploy_cli import power
 from kadeploy_cli.common import CONTEXT, machine_options, server_option
 from kadeploy_cli.errors import TOOLS_EXIT_HELP, UsageProblem
+from kadeployd.pxe.user_profiles import check_file_name
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +209,9 @@ def _pxe_files(values: tuple[str, ...]) -> dict[str, Path]:
     for value in values:
         for item in filter(None, (v.strip() for v in value.split(","))):
             path = Path(item)
+            wrong = check_file_name(path.name)
+            if wrong is not None:  # as the server would (before any upload)
+                raise UsageProblem(f"-x {item}: {wrong}; the file goes under FILES_PREFIX")
             if not path.is_file():
                 raise UsageProblem(f"-x {item}: no such file")
             if path.name in files:

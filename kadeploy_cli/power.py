@@ -28,6 +28,7 @@ from kadeploy_cli.errors import (
     UsageProblem,
 )
 from kadeploy_cli.output import outcomes
+from kadeploy_cli.uploads import deleted_on_failure
 from kadeployd.nodelist import NodeRef
 
 logger = logging.getLogger(__name__)
@@ -78,11 +79,15 @@ def run(
 ) -> int:
     """POST ``body`` plus the nodes (and the ``uploads``' ids as ``files``) to ``path``;
     print the results; the exit status. ``profile_file`` names the file of ``body["profile"]``
-    in errors about it."""
+    in errors about it. The uploads are deleted if the request fails."""
     refs = node_refs(targets.nodefile, targets.machines)
-    with make_client(targets.server) as client:
+    with make_client(targets.server) as client, deleted_on_failure(client) as made:
         if uploads:
-            body = {**body, "files": {n: client.upload(p, n)["id"] for n, p in uploads.items()}}
+            files: dict[str, str] = {}
+            for name, local in uploads.items():
+                files[name] = str(client.upload(local, name)["id"])
+                made.append(files[name])
+            body = {**body, "files": files}
         results: list[dict[str, Any]] = _post(
             client, path, body, refs, profile_file=profile_file, timeout=LONG_WAIT
         )

@@ -33,6 +33,7 @@ SOFT_REBOOT = "nohup sh -c 'sleep 1; reboot' </dev/null >/dev/null 2>&1 &"
 """The remote command of a soft reboot: it answers before the node goes down, so ssh reports
 success instead of the connection dropping under it (exit 255, read as a failed reboot)."""
 
+
 def _ipmitool(*command: str) -> list[str]:
     return [
         "ipmitool", "-I", "lanplus", "-H", "{bmc}", "-p", str(BMC_PORT), "-U", "{ipmi_user}",

@@ -163,8 +163,8 @@ def write_boot_files(layout: Layout, node: NodeSpec, boot: BootSpec, disk: dict[
     boot_dir = node_dir / "boot"
     boot_dir.mkdir(parents=True, exist_ok=True)
     # Each env has its own host key, as on a real node: the prod env keeps its key across
-    # boots; the deploy env (a ramdisk) and a deployed env booting an image without host keys
-    # make a new one at every boot.
+    # boots; the deploy env (a ramdisk) and a deployed env make a new one at every boot (as a
+    # deployed image without host keys does; one that ships its own would keep them).
     host_key = node_dir / f"host_key_{boot.env}"
     ensure_host_key(host_key, regenerate=boot.env != "prod")
     (boot_dir / "sshd_config").write_text(sshd_config(boot, node, node_dir), encoding="utf-8")

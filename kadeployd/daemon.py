@@ -33,6 +33,7 @@ from kadeployd.actors.directory import CONFIG, NODES, PXE, REBOOT, STORE
 from kadeployd.actors.node_supervisor import NodeSupervisor
 from kadeployd.config import Config, Node, load_config
 from kadeployd.errors import KadeployError
+from kadeployd.pxe import user_profiles
 from kadeployd.pxe.actor import PxeActor
 from kadeployd.pxe.user_profiles import UserProfile
 from kadeployd.reboot.actor import RebootActor
@@ -50,8 +51,6 @@ logger = logging.getLogger(__name__)
 CALL_TIMEOUT = 30.0
 ABORT_TIMEOUT = 30.0
 """Seconds running deployments get to record their nodes aborted when the daemon stops."""
-SET_PXE_TIMEOUT = 120.0
-"""Bound on publishing a user's PXE files (kernels, tens of MiB) and profiles."""
 STOPPING = "daemon stopping"
 POWER_MARGIN = 10.0
 """Seconds beyond the command timeouts that a power or reboot request of the API waits."""
@@ -168,13 +167,15 @@ class Daemon:
         self, nodes: Sequence[Node], profile: UserProfile, files: Mapping[str, Path]
     ) -> list[str]:
         """kareboot set_pxe: publish a user's ``files`` under their TFTP directory, then write
-        their checked ``profile`` for ``nodes``; the profiles' TFTP paths. Raises PxeError."""
+        their checked ``profile`` for ``nodes``; the profiles' TFTP paths. Raises PxeError.
+
+        The files (kernels: up to the upload limit) are copied here, in the caller's thread,
+        so the PxeActor that every deployment asks is never held by a copy; they go to
+        ``users/<user>/``, where the actor never writes. The profiles go through the actor."""
+        user_profiles.publish_files(self.config.daemon.tftp_root, profile.user, files)
         macs = [n.mac for n in nodes]
         paths: list[str] = directory.call(
-            self._tree,
-            PXE,
-            lambda pxe: pxe.set_user_profile(macs, profile, files),
-            timeout=SET_PXE_TIMEOUT,
+            self._tree, PXE, lambda pxe: pxe.set_user_profile(macs, profile)
         )
         return paths
 

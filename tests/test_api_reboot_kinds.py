@@ -125,19 +125,25 @@ def test_set_pxe_writes_the_profile_and_publishes_the_files_on_tftp(
 
 
 def test_rights_and_visibility(api: RunningApi, tmp_path: Path) -> None:
+    shown = make_tar_environment(tmp_path, name="shown")
+    with api.client("root") as root:
+        assert register(root, shown, visibility="public").status_code == 201
     bob = api.client("bob")
+    # bob sees the environment "shown" but has no right on n-1: only the right is missing.
+    # The rights are checked first, so an unknown environment does not change the answer.
     for body in (
         {"kind": "deploy_env"},
         {"kind": "set_pxe", "profile": PROFILE},
-        {"kind": "recorded_env", "environment": {"name": "tiny"}, "partition": 3},
+        {"kind": "recorded_env", "environment": {"name": "shown"}, "partition": 3},
+        {"kind": "recorded_env", "environment": {"name": "nowhere"}, "partition": 3},
     ):
         answer = reboot(bob, **body)
-        assert answer.status_code in (403, 404), answer.text
-        if answer.status_code == 403:
-            assert error_of(answer)["code"] == "no_right"
-    assert reboot(bob, kind="deploy_env").status_code == 403
+        assert answer.status_code == 403, (body, answer.text)
+        assert error_of(answer)["code"] == "no_right"
 
     alice = api.client("alice")
+    unknown = reboot(alice, kind="recorded_env", environment={"name": "nowhere"}, partition=3)
+    assert (unknown.status_code, error_of(unknown)["code"]) == (404, "unknown_environment")
     private = make_tar_environment(tmp_path, name="secret")
     with api.client("root") as root:
         assert register(root, private).status_code == 201

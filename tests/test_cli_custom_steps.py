@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 from api_fixtures import RunningApi, serving_api
+from api_fixtures import wait_finished as api_wait_finished
 from cli_fixtures import json_of, tool
+from daemon_fixtures import make_tar_environment
+
+from kadeploy_cli import custom_steps
+from kadeploy_cli.client import Client, ServerAddress
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +29,19 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApi]:
 
 
 def kadeploy(api: RunningApi, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return kadeploy_as(api, home, "alice", "-e", "tiny", *args)
+
+
+def kadeploy_as(
+    api: RunningApi, home: Path, user: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """kadeploy -m n-1 ARGS as ``user``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KADEPLOY_")}
     env.update(
-        HOME=str(home), KADEPLOY_SERVER=f"unix:{api.socket}", KADEPLOY_TOKEN=api.tokens["alice"]
+        HOME=str(home), KADEPLOY_SERVER=f"unix:{api.socket}", KADEPLOY_TOKEN=api.tokens[user]
     )
     return subprocess.run(
-        [tool("kadeploy"), "-m", "n-1", "-e", "tiny", *args],
+        [tool("kadeploy"), "-m", "n-1", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -217,3 +229,103 @@ def test_custom_steps_and_breakpoint_are_uploaded_and_recorded(
     assert "succeeded" in text.stdout
     assert "1/1 nodes stopped at breakpoint BroadcastEnv" in text.stdout
     assert "Stopped at breakpoint BroadcastEnv on 1 node (left as they are):\n  n-1" in text.stdout
+
+
+def test_each_send_gives_the_file_its_own_name_on_the_node(api: RunningApi, tmp_path: Path) -> None:
+    """The uploads need distinct plain names (motd, 2-motd, my_file); the request says which
+    name each file keeps on the node."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "motd").write_text(f"from {folder}\n")
+    (tmp_path / "my file").write_text("spaced\n")
+    steps = write(
+        tmp_path / "steps.yaml",
+        """\
+        BootNewEnv:
+          nothing:
+            post-ops:
+              - {action: send, name: a, file: ./a/motd, destination: /tmp/a}
+              - {action: send, name: b, file: ./b/motd, destination: /tmp/b}
+              - {action: send, name: c, file: my file, destination: /tmp/b}
+              - {action: run, name: r, file: ./a/motd}
+        """,
+    )
+    local = custom_steps.load(steps)
+    with Client(ServerAddress(socket=api.socket), api.tokens["alice"]) as client:
+        body = custom_steps.upload(local, client)
+    ops = body["steps"]["BootNewEnv"]["nothing"]["post-ops"]
+    assert [op["file"] for op in ops] == ["motd", "2-motd", "my_file", "motd"]
+    assert body["names"] == {"motd": "motd", "2-motd": "motd", "my_file": "my file"}
+    alice = api.client("alice")
+    answer = alice.post(
+        "/v1/deployments",
+        json={
+            "nodes": ["n-1"],
+            "environment": {"name": "tiny"},
+            "custom_steps": body,
+            "breakpoint": "BroadcastEnv",
+        },
+    )
+    assert answer.status_code == 201, answer.text
+    api_wait_finished(alice, answer.json()["id"])
+    assert alice.get("/v1/uploads").json() == []
+
+
+def test_a_send_that_cannot_keep_its_name_is_refused_before_any_upload(
+    api: RunningApi, tmp_path: Path
+) -> None:
+    before = len(api.client("alice").get("/v1/deployments").json())
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "motd").write_text(f"from {folder}\n")
+    steps = write(
+        tmp_path / "steps.yaml",
+        """\
+        BootNewEnv:
+          nothing:
+            pre-ops:
+              - {action: send, name: a, file: a/motd, destination: /etc}
+              - {action: send, name: b, file: b/motd, destination: /etc}
+              - {action: send, name: c, file: a/.., destination: /etc}
+              - {action: send, name: d, file: ./a/motd, destination: /etc}
+        """,
+    )
+    result = kadeploy(api, tmp_path, "--custom-steps", str(steps))
+    assert result.returncode == 2, result.stdout + result.stderr
+    ops = "BootNewEnv.nothing.pre-ops"
+    assert (
+        f"{steps}:5: {ops}[1].file: sends another file as 'motd' into /etc like {ops}[0].file "
+        "(line 4): one would overwrite the other on the node; rename one of the files"
+    ) in result.stderr
+    assert (
+        f"{steps}:6: {ops}[2].file: '..' cannot be the name of the file on the node: expected "
+        "a file name"
+    ) in result.stderr
+    assert "[3]" not in result.stderr  # the same file again, under the same name: fine
+    nothing_sent(api, before)
+
+
+def test_a_refused_request_leaves_no_upload_behind(api: RunningApi, tmp_path: Path) -> None:
+    """The custom-steps files (and the environment's) are deleted when the image upload or
+    the request fails."""
+    (tmp_path / "motd").write_text("hello\n")
+    steps = write(
+        tmp_path / "steps.yaml",
+        "BootNewEnv: {nothing: {post-ops: [{action: send, name: m, file: motd, "
+        "destination: /tmp}]}}\n",
+    )
+    bob = api.client("bob")
+    before = len(bob.get("/v1/deployments").json())
+    refused = kadeploy_as(api, tmp_path, "bob", "-e", "tiny", "--custom-steps", str(steps))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "no right to deploy n-1" in refused.stderr
+    assert bob.get("/v1/uploads").json() == []
+    description = make_tar_environment(tmp_path, name="big")
+    (tmp_path / "big.tar.zst").write_bytes(b"x" * (2**20 + 1))  # over the 1 MiB limit
+    too_big = kadeploy_as(
+        api, tmp_path, "bob", "-a", str(description), "--custom-steps", str(steps)
+    )
+    assert too_big.returncode == 2, too_big.stdout + too_big.stderr
+    assert "is more than the limit of 1 MiB" in too_big.stderr
+    assert bob.get("/v1/uploads").json() == []
+    assert len(bob.get("/v1/deployments").json()) == before

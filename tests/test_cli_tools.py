@@ -264,3 +264,27 @@ def test_kareboot_usage_errors(cli_server: CliServer, tmp_path: Path) -> None:
     assert f"{profile}:3: KERNEL /envs/../../etc/shadow: absolute paths must stay" in (
         refused.stderr
     )
+
+
+def test_kareboot_set_pxe_files_are_checked_first_and_deleted_when_refused(
+    cli_server: CliServer, tmp_path: Path
+) -> None:
+    profile = tmp_path / "profile"
+    profile.write_text("DEFAULT x\nLABEL x\n  KERNEL FILES_PREFIX/vmlinuz\n")
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"KERNEL\n")
+    hidden = tmp_path / ".vmlinuz"
+    hidden.write_bytes(b"KERNEL\n")
+    bad = cli_server.run(
+        "kareboot", "-m", "n-1", "-r", "set_pxe", "-w", str(profile), "-x", f"{kernel},{hidden}"
+    )
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert f"kareboot: -x {hidden}: expected a plain file name" in bad.stderr
+    refused = cli_server.run(
+        "kareboot", "-m", "n-1", "-r", "set_pxe", "-w", str(profile), "-x", str(kernel), user="bob"
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "no right" in refused.stderr
+    for user in ("alice", "bob"):
+        with cli_server.api(user) as client:
+            assert client.get("/v1/uploads").json() == [], user

@@ -118,6 +118,22 @@ def test_files_must_be_uploaded_and_named(api: RunningApi) -> None:
         assert error_of(answer)["details"][0]["path"].startswith("body.custom_steps")
 
 
+def test_names_on_the_node_must_be_file_names_of_files_in_the_request(api: RunningApi) -> None:
+    alice = api.client("alice")
+    send = {"action": "send", "name": "m", "file": "motd.txt", "destination": "/tmp"}
+    files = {"motd.txt": "0" * 32}
+    body = {"steps": steps(send), "files": files, "names": {"motd.txt": "..", "x": "my x"}}
+    details = invalid(deploy(alice, custom_steps=body), "invalid_custom_steps")
+    assert set(details) == {"body.custom_steps.names.motd.txt", "body.custom_steps.names.x"}
+    wrong = details["body.custom_steps.names.motd.txt"]
+    assert "'..' cannot be the name of the file on the node" in wrong
+    assert details["body.custom_steps.names.x"] == "not among custom_steps.files"
+    # Spaces are fine: the name is an argument of a fixed script, never shell code.
+    spaced = {"steps": steps(send), "files": files, "names": {"motd.txt": "my motd"}}
+    answer = deploy(alice, custom_steps=spaced)
+    assert (answer.status_code, error_of(answer)["code"]) == (404, "unknown_upload")
+
+
 def test_options_show_both_and_the_uploaded_files_are_swept_after_the_deployment(
     api: RunningApi, tmp_path: Path
 ) -> None:
@@ -153,3 +169,33 @@ def test_options_show_both_and_the_uploaded_files_are_swept_after_the_deployment
     assert again.status_code == 201, again.text
     api_wait_finished(alice, again.json()["id"])
     wait_until(lambda: not list(held.iterdir()), 10, "the custom-steps files to be swept")
+
+
+def test_a_started_deployment_keeps_its_files_when_the_sweep_after_it_fails(
+    api: RunningApi, tmp_path: Path
+) -> None:
+    """An OSError once the deployment runs (here: the anonymous-environments directory
+    replaced by a file, so that sweeping it fails) is logged: the answer is 201 and the
+    deployment's custom-steps files stay, marked with its id."""
+    alice = api.client("alice")
+    motd = tmp_path / "motd.txt"
+    motd.write_text("hello\n")
+    send = {"action": "send", "name": "m", "file": "motd.txt", "destination": "/mnt/dest/etc"}
+    body = {"steps": steps(send), "files": {"motd.txt": upload(alice, motd)}}
+    anonymous = api.context.anonymous_dir
+    saved = anonymous.with_name(anonymous.name + ".saved")
+    anonymous.rename(saved)
+    anonymous.write_text("not a directory\n")
+    try:
+        answer = deploy(alice, custom_steps=body, breakpoint="BroadcastEnv")
+        assert answer.status_code == 201, answer.text
+        ident = answer.json()["id"]
+        held = api.context.state_dir / "custom-steps"
+        marked = [d for d in held.iterdir() if (d / "deployment").is_file()]
+        mine = [d for d in marked if (d / "deployment").read_text() == ident]
+        assert len(mine) == 1
+        assert (mine[0] / "motd.txt").read_text() == "hello\n"
+        api_wait_finished(alice, ident)
+    finally:
+        anonymous.unlink()
+        saved.rename(anonymous)

@@ -10,7 +10,12 @@ import pytest
 from kadeployd.config import Macrostep
 from kadeployd.errors import InputError
 from kadeployd.workflow.breakpoint import parse_breakpoint
-from kadeployd.workflow.custom_ops import MAX_OPERATIONS, CustomSteps, parse_custom_steps
+from kadeployd.workflow.custom_ops import (
+    MAX_OPERATIONS,
+    CustomSteps,
+    check_send_name,
+    parse_custom_steps,
+)
 from kadeployd.workflow.custom_run import expand
 from kadeployd.workflow.outcome import Tally, Verdict
 from kadeployd.workflow.states import NodeState, check_transition
@@ -288,3 +293,18 @@ def test_kadeploy3_variables_are_expanded_in_destinations_only_when_known() -> N
     assert expand("$KADEPLOY_ENV_EXTRACTION_DIR/etc", variables) == "/mnt/dest/etc"
     assert expand("${KADEPLOY_ENV_EXTRACTION_DIR}/x", variables) == "/mnt/dest/x"
     assert expand("$KADEPLOY_OTHER/$HOME", variables) == "$KADEPLOY_OTHER/$HOME"
+
+
+@pytest.mark.parametrize("name", ["motd", "my file", ".hidden", "-dash", "été.txt", "a" * 255])
+def test_send_keeps_any_file_name(name: str) -> None:
+    assert check_send_name(name) is None
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", "a/b", "a\x00b", "a\nb", "tab\there", "\x7f", "é" * 128, "\ud800"]
+)
+def test_send_refuses_what_cannot_be_a_file_name_on_the_node(name: str) -> None:
+    problem = check_send_name(name)
+    assert problem is not None
+    assert "cannot be the name of the file on the node" in problem
+    assert "not '.' or '..', no '/', no control character, at most 255 bytes" in problem

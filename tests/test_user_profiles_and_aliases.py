@@ -27,6 +27,15 @@ def test_files_prefix_forms_and_allowed_paths() -> None:
     assert "KERNEL users/alice/k" in profile.text
     assert "INITRD users/alice/i,envs/x/i2" in profile.text
     assert profile.text.endswith("APPEND hd0 2\n")
+    # Relative or absolute, the caller's own directory and shared files are fine, and so are
+    # the configuration files INCLUDE and MENU INCLUDE name there.
+    included = check_profile(
+        "INCLUDE users/alice/menu.cfg\nMENU INCLUDE /users/alice/m.cfg tag\n"
+        "MENU INCLUDE FILES_PREFIX/x.cfg\nINCLUDE pxelinux.cfg/common\nMENU TITLE users/bob\n"
+        "KERNEL users/alice/k\nMENU BACKGROUND splash.png\n",
+        "alice",
+    )
+    assert "MENU INCLUDE users/alice/x.cfg" in included.text
 
 
 @pytest.mark.parametrize(
@@ -39,6 +48,26 @@ def test_files_prefix_forms_and_allowed_paths() -> None:
         ("KERNEL a\\b\n", 1, "backslash"),
         ("CONFIG http://h/x\n", 1, "another server"),
         ("DEFAULT x\0\n", 1, "control character"),
+        # One rule for both forms: under users/, only the caller's own directory.
+        (
+            "KERNEL users/bob/k\n",
+            1,
+            "KERNEL users/bob/k: paths under users/ must stay inside your directory users/alice/",
+        ),
+        ("INITRD users/alice/i,users/alice2/i\n", 1, "INITRD users/alice2/i: paths under"),
+        ("APPEND initrd=users/bob/i\n", 1, "APPEND initrd=users/bob/i: paths under users/"),
+        ("KERNEL //users/bob/k\n", 1, "inside your directory /users/alice/"),
+        ("KERNEL users/alice\n", 1, "paths under users/ must stay inside"),
+        ("KERNEL users/./bob/k\n", 1, "'.'"),
+        ("KERNEL envs/../users/bob/k\n", 1, "'..'"),
+        ("KERNEL /users/alice/../bob/k\n", 1, "'..'"),
+        # Configuration files pxelinux includes are fetched over TFTP too.
+        ("INCLUDE users/bob/menu.cfg\n", 1, "INCLUDE users/bob/menu.cfg: paths under users/"),
+        ("include /users/bob/menu.cfg tag\n", 1, "INCLUDE /users/bob/menu.cfg: absolute"),
+        ("INCLUDE ../pxelinux.cfg/default\n", 1, "'..'"),
+        ("LABEL x\n  MENU INCLUDE users/bob/m.cfg\n", 2, "MENU INCLUDE users/bob/m.cfg: paths"),
+        ("menu include tftp::m.cfg\n", 1, "MENU INCLUDE tftp::m.cfg: names another server"),
+        ("MENU BACKGROUND /users/bob/splash.png\n", 1, "MENU BACKGROUND /users/bob/splash.png"),
     ],
 )
 def test_bad_profiles_name_the_line(text: str, line: int, part: str) -> None:
@@ -67,7 +96,7 @@ def test_operations_run_only_their_macrosteps() -> None:
     assert [m.name for m in boot] == [
         "switch_pxe_to_deployed_env",
         "reboot_from_level",
-        "wait_deployed_env",
+        "wait_for_recorded_env",
     ]
     deploy = operations.microsteps(Operation.DEPLOY, Macrostep.BOOT_NEW_ENV, "classical")
     assert "reboot_escalating" in [m.name for m in deploy]

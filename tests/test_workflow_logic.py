@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from kadeployd.config import VARIANTS, Macrostep, Macrosteps
 from kadeployd.workflow.cancel import CancelToken
+from kadeployd.workflow.context import StepContext
+from kadeployd.workflow.operations import wait_for_recorded_env
 from kadeployd.workflow.outcome import Tally, Verdict
 from kadeployd.workflow.policy import Plan, Position
 from kadeployd.workflow.states import FINAL_STATES, InvalidTransition, NodeState, check_transition
@@ -155,3 +159,44 @@ def test_cancel_token_wakes_a_waiting_thread() -> None:
     token.cancel("abort")
     thread.join(timeout=10)
     assert woke.is_set()
+
+
+class _KeysSeen:
+    """The host keys a node offers at successive probes (None: no answer): the fake services
+    of a pure-logic test of the wait; tests/workflow/test_reboot_kinds.py runs it for real."""
+
+    def __init__(self, keys: list[str | None]) -> None:
+        self.keys = keys
+        self.probes = 0
+
+    def host_key(self) -> str | None:
+        self.probes += 1
+        return self.keys.pop(0)
+
+
+def _waiting_context(keys: list[str | None], before: str) -> tuple[StepContext, _KeysSeen]:
+    services = _KeysSeen(keys)
+    boot = SimpleNamespace(check_interval=0)
+    context = SimpleNamespace(
+        memory={"host_key_before_reboot": before},
+        node=SimpleNamespace(settings=SimpleNamespace(boot=boot)),
+        services=services,
+        wait=lambda seconds: None,
+    )
+    return cast(StepContext, context), services
+
+
+@pytest.mark.parametrize(
+    ("keys", "probes"),
+    [
+        (["old", "new"], 2),  # another environment: a new key is enough
+        (["old", None, None, "old"], 4),  # the same environment, seen down then back
+        (["old", None, "old", None, None, "old"], 6),  # one lost probe is not a reboot
+    ],
+)
+def test_recorded_env_wait_knows_a_reboot_into_the_same_environment(
+    keys: list[str | None], probes: int
+) -> None:
+    context, services = _waiting_context(keys, before="old")
+    wait_for_recorded_env(context)
+    assert services.probes == probes

@@ -325,7 +325,7 @@ class NodeActor(pykka.ThreadingActor):
                 directory.PXE,
                 lambda pxe: pxe.set_profile(self._node.mac, prod_boot_target(self._node)),
             )
-        except KadeployError as exc:
+        except (KadeployError, pykka.Timeout) as exc:
             logger.warning("%s: could not reset the PXE profile: %s", self._node.name, exc)
 
     # ------------------------------------------------------------ helpers

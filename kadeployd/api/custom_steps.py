@@ -2,7 +2,8 @@
 
 The custom-steps document is checked again here (the client checked it, but the API is the
 boundary): every mistake is answered at once, 422, with its ``body.custom_steps.steps...`` key
-path. The files of its ``send`` and ``run`` operations come as uploads; they are taken into a
+path. The files of its ``send`` and ``run`` operations come as uploads (``names`` gives
+each the user's own file name, which ``send`` writes on the node); they are taken into a
 private directory under the state dir, ``custom-steps/<uuid>``, which holds a ``deployment``
 file with the deployment's id once it started. Directories of deployments no longer running
 are swept at the next request (an unmarked one, of a request that died half-way, after an hour).
@@ -23,7 +24,7 @@ from kadeployd.api.models import CustomStepsIn
 from kadeployd.api.uploads import UploadInfo
 from kadeployd.errors import InputError, Problem
 from kadeployd.workflow.breakpoint import Breakpoint, parse_breakpoint
-from kadeployd.workflow.custom_ops import CustomSteps, parse_custom_steps
+from kadeployd.workflow.custom_ops import CustomSteps, check_send_name, parse_custom_steps
 from kadeployd.workflow.stepnames import UnknownStep
 from kadeployd.yamldoc import dotted
 
@@ -70,6 +71,15 @@ def check_custom_steps(spec: CustomStepsIn) -> CustomSteps:
         for name in spec.files
         if name not in named
     ]
+    problems += [
+        Problem("request", "not among custom_steps.files", f"body.custom_steps.names.{name}")
+        for name in spec.names
+        if name not in spec.files
+    ]
+    for name, node_name in spec.names.items():
+        wrong = check_send_name(node_name)
+        if wrong is not None:
+            problems.append(Problem("request", wrong, f"body.custom_steps.names.{name}"))
     if problems:
         raise ApiError(422, "invalid_custom_steps", str(problems[0]), problems)
     return steps
@@ -89,7 +99,8 @@ def take_files(
         environments.remove_directory(directory)
         raise
     files = {name: directory / name for name in spec.files}
-    return dataclasses.replace(steps, files=files), directory, taken
+    names = dict(spec.names)
+    return dataclasses.replace(steps, files=files, names=names), directory, taken
 
 
 def give_back(context: ApiContext, taken: list[tuple[UploadInfo, Path]], directory: Path) -> None:

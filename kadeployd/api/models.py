@@ -24,7 +24,7 @@ NodeOrAny = Annotated[
 MAX_DEVICE = 64
 _DEVICE = re.compile(r"/dev/[A-Za-z0-9][A-Za-z0-9._/-]*")
 DEVICE_HELP = (
-    "expected an absolute device path under /dev such as /dev/sdb or /dev/disk/by-id/NAME "
+    "expected an absolute device path under /dev such as /dev/sdb "
     f"(letters, digits, '.', '_', '-', '/'; no '.', '..' or empty component; "
     f"at most {MAX_DEVICE} characters)"
 )
@@ -123,6 +123,13 @@ class CustomStepsIn(_In):
     files: dict[FileName, UploadId] = Field(
         default_factory=dict,
         description="file name as written in the operations -> upload id",
+        max_length=64,
+    )
+    names: dict[FileName, Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default_factory=dict,
+        description="file name as written in the operations -> the name a send operation "
+        "gives the file on the node (the user's own file name, which may hold spaces; "
+        "default: the same name)",
         max_length=64,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Body, Query, Response
 
 from kadeployd.api import custom_steps, environments
 from kadeployd.api.auth import Caller, CallerDep, Context
+from kadeployd.api.block_devices import check_block_device
 from kadeployd.api.context import ApiContext
 from kadeployd.api.convert import deployment_out, history_out, node_state_out
 from kadeployd.api.errors import ApiError
@@ -47,6 +49,7 @@ def create_deployment(
 ) -> DeploymentOut:
     """Deploy an environment (registered, or anonymous from uploads) on nodes."""
     nodes = _check_nodes(context, body.nodes)
+    check_block_device(context, nodes, body.block_device, body.partition)
     breakpoint = custom_steps.check_breakpoint(body.breakpoint)
     steps = custom_steps.check_custom_steps(body.custom_steps) if body.custom_steps else None
     keys = _keys(context, caller, body)
@@ -54,6 +57,7 @@ def create_deployment(
     taken: list[tuple[UploadInfo, Path]] = []
     steps_dir: Path | None = None
     steps_taken: list[tuple[UploadInfo, Path]] = []
+    started = False
     try:
         if steps is not None and body.custom_steps is not None:
             steps, steps_dir, steps_taken = custom_steps.take_files(
@@ -94,10 +98,11 @@ def create_deployment(
                     context, nodes, "already in a running deployment; use force to deploy anyway"
                 )
             deployment_id = context.daemon.deploy(request)
-            _sweep_anonymous(context, keep=anonymous_dir)
-            custom_steps.mark(steps_dir, deployment_id)
-            custom_steps.sweep(context)
+            started = True
+            _tidy_after_start(context, deployment_id, anonymous_dir, steps_dir)
     except BaseException:
+        if started:  # the deployment runs: its files stay
+            raise
         if anonymous_dir is not None:
             environments.give_back(context, taken)
             environments.remove_directory(anonymous_dir)
@@ -282,6 +287,35 @@ def _check_rights(
             f"an administrator grants rights with karights",
             problems,
         )
+
+
+def _tidy_after_start(
+    context: ApiContext, deployment_id: str, anonymous_dir: Path | None, steps_dir: Path | None
+) -> None:
+    """Mark the custom-steps files of the deployment just started, sweep the files of ended
+    ones. The deployment already runs: a failure here is logged, never taken for a failure of
+    the request (which would remove the files the deployment uses)."""
+    try:
+        custom_steps.mark(steps_dir, deployment_id)
+    except OSError as exc:
+        logger.error(
+            "deployment %s: cannot mark its custom-steps files %s (%s); a later request may "
+            "sweep them after %.0f s",
+            deployment_id,
+            steps_dir,
+            exc,
+            custom_steps.UNMARKED_GRACE,
+        )
+    for what, sweep in (
+        ("anonymous environments", partial(_sweep_anonymous, context, keep=anonymous_dir)),
+        ("custom-steps files", partial(custom_steps.sweep, context)),
+    ):
+        try:
+            sweep()
+        except OSError as exc:
+            logger.warning(
+                "deployment %s started; cannot sweep old %s: %s", deployment_id, what, exc
+            )
 
 
 def _sweep_anonymous(context: ApiContext, keep: Path | None) -> None:

@@ -190,27 +190,31 @@ def _set_pxe(
         taken = environments.take_uploads(context, caller, files, directory)
         try:
             context.daemon.set_pxe(nodes, profile, {name: directory / name for name in files})
-        except PxeError as exc:
+        except BaseException as exc:  # any failure: the user keeps their uploads
             environments.give_back(context, taken)
-            raise ApiError(500, "pxe_error", f"cannot write the PXE profile: {exc}") from None
+            if isinstance(exc, PxeError):
+                raise ApiError(500, "pxe_error", f"cannot write the PXE profile: {exc}") from None
+            raise
     finally:
         environments.remove_directory(directory)
     logger.info("%s: own PXE profile set on %d nodes", caller.user, len(nodes))
 
 
 def _start_operation(body: RebootRequestIn, context: ApiContext, caller: Caller) -> DeploymentOut:
-    """Start a deploy_env or recorded_env operation; its deployment document."""
+    """Start a deploy_env or recorded_env operation; its deployment document. The rights
+    and busy nodes are checked before the environment: a user without a right learns that,
+    not whether an environment exists (and the lock makes the busy check and the start one)."""
     require_known(context.config.nodes, body.nodes)
     target: EnvironmentDescription | NoEnvironment = NoEnvironment(name="deploy_env")
     operation = Operation.DEPLOY_ENV
-    if body.kind == "recorded_env":
-        assert body.environment is not None
-        record = environments.resolve(context, caller, body.environment)
-        target = environments.description_of(context, record)
-        operation = Operation.RECORDED_ENV
-        _check_clusters(context, target, body.nodes)
     with context.deploy_lock:
         nodes = _checked_nodes(context, caller, body.nodes, body.force, "reboot")
+        if body.kind == "recorded_env":
+            assert body.environment is not None
+            record = environments.resolve(context, caller, body.environment)
+            target = environments.description_of(context, record)
+            operation = Operation.RECORDED_ENV
+            _check_clusters(context, target, body.nodes)
         request = DeploymentRequest(
             user=caller.user,
             environment=target,

@@ -475,9 +475,12 @@ class Flusher:
             os.close(fd)
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def syncfs(fd: int) -> None:
     """syncfs(2) on the filesystem holding ``fd`` (os has no wrapper); sync(2) without it."""
-    call = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    call = getattr(_LIBC, "syncfs", None)
     if call is None:
         os.sync()
     elif call(fd) != 0:

@@ -12,7 +12,7 @@ so that its supervisor restarts it with a fresh server.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -100,12 +100,9 @@ class PxeActor(SupervisedActor):
         """Point the node with this MAC at ``target`` (atomic); returns the profile's TFTP path."""
         return self._files.set_profile(mac, target)
 
-    def set_user_profile(
-        self, macs: Sequence[str], profile: UserProfile, files: Mapping[str, Path]
-    ) -> list[str]:
-        """kareboot set_pxe: publish a user's ``files`` under their TFTP directory, then write
-        their checked ``profile`` for each MAC (atomic); the profiles' TFTP paths."""
-        user_profiles.publish_files(self._files.root, profile.user, files)
+    def set_user_profile(self, macs: Sequence[str], profile: UserProfile) -> list[str]:
+        """kareboot set_pxe: write a user's checked ``profile`` for each MAC (atomic); the
+        profiles' TFTP paths."""
         return user_profiles.write_profiles(self._files.root, macs, profile)
 
     def remove_profile(self, mac: str) -> bool:

@@ -2,9 +2,12 @@
 
 The profile text is sent with the request (never read from a path on the server). It is
 checked before anything is written: at most :data:`MAX_PROFILE_BYTES`, text without control
-characters, and every file it names (``KERNEL``, ``INITRD``, ``COM32``... and ``initrd=`` on
-an ``APPEND`` line) must be a clean path relative to the TFTP root, or an absolute one inside
-the user's own directory ``users/<user>/``: no ``..``, no other server.
+characters, and every file it names (``KERNEL``, ``INITRD``, ``COM32``..., ``initrd=`` on an
+``APPEND`` line, and the configuration files of ``INCLUDE`` and ``MENU INCLUDE``, which
+pxelinux also fetches over TFTP) must be a clean path of the TFTP root: no ``.``/``..`` or
+empty component, no other server. One rule confines it, written absolute (``/x``) or relative
+(``x``): a path under ``users/`` must be inside the user's own directory ``users/<user>/``
+(another user's files are theirs), and an absolute path must be inside it too.
 
 The user's files are published under ``users/<user>/`` of the TFTP root. As in Kadeploy3, the
 profile may write ``FILES_PREFIX`` for that directory: ``KERNEL FILES_PREFIX/vmlinuz`` (or
@@ -47,6 +50,8 @@ _FILE_KEYWORDS = frozenset(
     {"KERNEL", "LINUX", "INITRD", "COM32", "CONFIG", "FONT", "KBDMAP", "UI", "FDT", "FDTDIR"}
 )
 """pxelinux keywords whose argument is a file fetched over TFTP."""
+_MENU_FILE_KEYWORDS = frozenset({"INCLUDE", "BACKGROUND"})
+"""``MENU`` keywords whose argument is a file fetched over TFTP (``MENU INCLUDE file``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,30 +122,40 @@ def _line_problems(line: str, prefix: str) -> list[str]:
     if not words or words[0].startswith("#"):
         return []
     keyword = words[0].upper()
+    label = f"{keyword} "
     if keyword in _FILE_KEYWORDS and len(words) >= 2:
         names = words[1].split(",") if keyword == "INITRD" else [words[1]]
+    elif keyword == "INCLUDE" and len(words) >= 2:  # INCLUDE file [tag]
+        names = [words[1]]
+    elif keyword == "MENU" and len(words) >= 3 and words[1].upper() in _MENU_FILE_KEYWORDS:
+        names = [words[2]]
+        label = f"MENU {words[1].upper()} "
     elif keyword == "APPEND":
         names = [n for w in words[1:] if w.startswith("initrd=") for n in w[7:].split(",")]
+        label = "APPEND initrd="
     else:
         return []
-    label = "APPEND initrd=" if keyword == "APPEND" else f"{keyword} "
     return [
         f"{label}{name}: {message}" for name in names if (message := _path_problem(name, prefix))
     ]
 
 
 def _path_problem(name: str, prefix: str) -> str | None:
-    """None if the firmware may fetch ``name``, else why not."""
+    """None if the firmware may fetch ``name``, else why not. ``name`` is read as the TFTP
+    server reads it (leading ``/`` dropped) and must be clean (so ``users/./bob``,
+    ``x/../users/bob`` or ``/users/me/../bob`` cannot dodge the directory rule)."""
     if "::" in name or "://" in name:
         return "names another server; files come from this TFTP server"
-    if name.startswith("/"):
-        name = name.lstrip("/")
-        if not name.startswith(f"{prefix}/"):
-            return f"absolute paths must stay inside your directory /{prefix}/"
+    relative = name.lstrip("/")
+    inside = relative.startswith(f"{prefix}/")
+    if name.startswith("/") and not inside:
+        return f"absolute paths must stay inside your directory /{prefix}/"
     try:
-        validate_tftp_path(name, "path")
+        validate_tftp_path(relative, "path")
     except PxeError as exc:
         return str(exc).removeprefix("path: ")
+    if relative.split("/")[0] == USERS_DIR and not inside:
+        return f"paths under {USERS_DIR}/ must stay inside your directory {prefix}/"
     return None
 
 

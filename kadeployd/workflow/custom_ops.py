@@ -18,6 +18,7 @@ written; the API maps each to the upload holding its bytes (:attr:`CustomSteps.f
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,30 @@ _WHAT = {
 }
 
 LineOf = Callable[[KeyPath], int | None]
+MAX_SEND_NAME_BYTES = 255
+"""A file name on the node (Linux NAME_MAX)."""
+_SEND_NAME_FORBIDDEN = re.compile(r"[/\x00-\x1f\x7f]")
+
+
+def check_send_name(name: str) -> str | None:
+    """None if ``send`` may give a file the name ``name`` on the node, else what is wrong.
+
+    Any name a file may have, spaces included (it is a positional parameter of a fixed
+    script, never shell code), except control characters, which no log line can show."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        size = MAX_SEND_NAME_BYTES + 1  # a lone surrogate: no file name
+    if (
+        name not in ("", ".", "..")
+        and not _SEND_NAME_FORBIDDEN.search(name)
+        and size <= MAX_SEND_NAME_BYTES
+    ):
+        return None
+    return (
+        f"{name[:140]!r} cannot be the name of the file on the node: expected a file name "
+        f"(not '.' or '..', no '/', no control character, at most {MAX_SEND_NAME_BYTES} bytes)"
+    )
 
 
 class OperationSpec(BaseModel):
@@ -145,6 +170,9 @@ class CustomSteps:
     entries: tuple[CustomEntry, ...]
     files: Mapping[str, Path] = field(default_factory=dict)
     """``file`` as named by the operations -> where the daemon holds its bytes."""
+    names: Mapping[str, str] = field(default_factory=dict)
+    """``file`` as named by the operations -> the file name ``send`` gives it on the node
+    (the user's own file name; the operations name the upload). Default: ``file`` itself."""
 
     def around(self, macrostep: Macrostep, variant: str, microstep: str) -> Around | None:
         """The operations to run around ``microstep``; None when there are none. A block

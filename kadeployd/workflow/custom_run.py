@@ -84,22 +84,24 @@ def run_operation(ctx: StepContext, op: CustomOperation, phase: str, microstep: 
     variables = environment(ctx)
     env = ["env", *(f"{k}={v}" for k, v in variables.items())]
     if op.action == "exec":
-        _remote(ctx, op, label, [*env, "sh", "-c", op.command])
+        _remote(ctx, op, label, env, ["sh", "-c", op.command])
         return
     source = _source(ctx, op, label)
-    name = PurePosixPath(op.file).name or op.name
+    custom = ctx.job.request.custom_steps
+    name = (custom.names.get(op.file) if custom else None) or PurePosixPath(op.file).name
     try:
         with source.open("rb") as data:
             if op.action == "send":
                 destination = expand(op.destination, variables)
-                argv = [*env, "sh", "-c", _SEND, "kadeploy-send", destination, name]
-                _remote(ctx, op, label, argv, data)
+                argv = ["sh", "-c", _SEND, "kadeploy-send", destination, name]
+                _remote(ctx, op, label, env, argv, stdin=data)
                 return
             script = f"/tmp/kadeploy-custom-{ctx.job.deployment_id[:12]}-{op.name}"  # noqa: S108
-            _remote(ctx, op, label, ["sh", "-c", _INSTALL, "kadeploy-install", script], data)
+            install = ["sh", "-c", _INSTALL, "kadeploy-install", script]
+            _remote(ctx, op, label, [], install, stdin=data)
     except OSError as exc:
         raise StepFailed(f"{label}: cannot read {name}: {exc.strerror}") from None
-    _remote(ctx, op, label, [*env, "sh", "-c", _RUN, script, *op.params])
+    _remote(ctx, op, label, env, ["sh", "-c", _RUN, script, *op.params])
 
 
 def _source(ctx: StepContext, op: CustomOperation, label: str) -> Path:
@@ -114,12 +116,16 @@ def _remote(
     ctx: StepContext,
     op: CustomOperation,
     label: str,
+    env: list[str],
     argv: list[str],
+    *,
     stdin: BinaryIO | None = None,
 ) -> None:
+    """Run ``env + argv`` on the node; the log shows ``argv`` (the variables are noise)."""
     ctx.check_cancelled()
     timeout = op.timeout or ctx.command_timeout
-    shown = [a for a in argv if not a.startswith("KADEPLOY_")]
-    ctx.log("cmd", shlex.join(shown[1:] if shown[0] == "env" else shown))
-    result = ctx.services.shell().run(argv, timeout=timeout, stdin=stdin, on_output=ctx.log)
+    ctx.log("cmd", shlex.join(argv))
+    result = ctx.services.shell().run(
+        [*env, *argv], timeout=timeout, stdin=stdin, on_output=ctx.log
+    )
     ctx.checked(result, label, timeout)

@@ -26,6 +26,7 @@ variant does nothing, as in a deployment. A node that reaches the end is recorde
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from kadeployd.config import Macrostep, Macrosteps, Node
 from kadeployd.environment import ImageKind
@@ -61,6 +62,29 @@ def reboot_from_level(ctx: StepContext) -> None:
     steps.reboot_at_least(ctx, ctx.job.request.reboot_level)
 
 
+DOWN_CONFIRMATIONS = 2
+"""Host-key probes in a row that must fail before a node counts as gone down for its reboot
+(one failed probe may be a lost packet while the old system still runs)."""
+
+
+def wait_for_recorded_env(ctx: StepContext) -> None:
+    """Wait until the node answers SSH again after its reboot.
+
+    A deployment knows the new env by a host key other than the deploy env's. Here the node
+    may already run the environment it reboots into, and come back with the same key: so a
+    node also counts as rebooted once it was seen down, then answers, whatever its key.
+    """
+    before = ctx.memory.get("host_key_before_reboot")
+    interval = ctx.node.settings.boot.check_interval
+    misses = 0
+    while True:
+        key = ctx.services.host_key()
+        if key and (key != before or misses >= DOWN_CONFIRMATIONS):
+            return
+        misses = 0 if key else misses + 1
+        ctx.wait(interval)
+
+
 DEPLOY_ENV_STEPS = (
     Microstep("switch_pxe_to_deploy_env", S.REBOOTING, steps.switch_pxe_to_deploy_env),
     Microstep("reboot_from_level", S.REBOOTING, reboot_from_level),
@@ -87,12 +111,13 @@ def microsteps(operation: Operation, macrostep: Macrostep, variant: str) -> tupl
     chosen = MICROSTEPS[macrostep][variant]
     if operation == Operation.DEPLOY:
         return chosen
-    return tuple(
-        Microstep("reboot_from_level", m.state, reboot_from_level)
-        if m.run is steps.reboot_escalating
-        else m
-        for m in chosen
-    )
+    replaced: dict[Callable[[StepContext], None], Microstep] = {
+        steps.reboot_escalating: Microstep("reboot_from_level", S.BOOTING, reboot_from_level),
+        steps.wait_deployed_env: Microstep(
+            "wait_for_recorded_env", S.BOOTING, wait_for_recorded_env
+        ),
+    }
+    return tuple(replaced.get(m.run, m) for m in chosen)
 
 
 def publishes_boot_files(job: DeploymentJob) -> bool:

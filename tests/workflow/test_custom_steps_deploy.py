@@ -5,6 +5,7 @@ deployed system, a failing operation naming itself in the node's log."""
 
 from __future__ import annotations
 
+import shlex
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +24,12 @@ from kadeployd.yamldoc import parse_yaml
 pytestmark = pytest.mark.root
 
 
-def custom_steps(text: str, files: dict[str, Path] | None = None) -> CustomSteps:
+def custom_steps(
+    text: str, files: dict[str, Path] | None = None, names: dict[str, str] | None = None
+) -> CustomSteps:
     document = parse_yaml(textwrap.dedent(text), "steps.yaml")
     steps = parse_custom_steps(document.data, "steps.yaml", document.line_of)
-    return CustomSteps(steps.entries, files or {})
+    return CustomSteps(steps.entries, files or {}, names or {})
 
 
 def test_breakpoint_before_the_chain_leaves_every_node_in_the_deploy_env(
@@ -141,6 +144,7 @@ def test_custom_operations_leave_their_files_in_the_deployed_system(
                 timeout: 30
         """,
         {"./motd.txt": motd, "./tune.sh": tune},
+        {"./motd.txt": "my motd.txt"},  # the user's own file name (kadeploy sends it)
     )
     daemon = start_daemon(PROD_DIRECT)
     chosen = nodes[:2]
@@ -156,7 +160,7 @@ def test_custom_operations_leave_their_files_in_the_deployed_system(
             node,
             "cat",
             "/custom/exec.txt",
-            "/custom/motd.txt",
+            shlex.quote("/custom/my motd.txt"),  # ssh joins the arguments for a shell
             "/custom/run.txt",
             key=user_key,
         )

@@ -185,10 +185,19 @@ def test_recorded_env_boots_the_deployed_environment_again(
     assert f"{node}  environment booted" in again.stdout
     assert f"ID={name}" in os_release(bed, node, user_key)
 
-    # An environment the caller cannot see: exit 2, nothing rebooted.
-    hidden = served.kareboot(
-        "-m", node, "-r", "recorded_env", "-e", name, "-u", "alice", "-p", "3",
-        user="bob",
-    )  # fmt: skip
+    # bob has no right on the node: refused for that (checked before the environment).
+    started = len(served.daemon.reader().deployments(limit=1000))
+    args = ("-m", node, "-r", "recorded_env", "-e", name, "-u", "alice", "-p", "3")
+    no_right = served.kareboot(*args, user="bob")
+    assert no_right.returncode == 2
+    assert f"no right to reboot {node}" in no_right.stderr
+    # With a right, bob still cannot see alice's private environment: refused for that.
+    with served.client(ADMIN) as root:
+        granted = root.post("/v1/rights", json={"user": "bob", "nodes": [node]})
+        assert granted.status_code == 201, granted.text
+    hidden = served.kareboot(*args, user="bob")
     assert hidden.returncode == 2
-    assert "Traceback" not in hidden.stderr
+    assert f"no environment {name!r} owned by 'alice'" in hidden.stderr
+    assert "Traceback" not in no_right.stderr + hidden.stderr
+    # Nothing was started.
+    assert len(served.daemon.reader().deployments(limit=1000)) == started
