@@ -20,7 +20,7 @@ from urllib.parse import quote
 import click
 import yaml
 
-from kadeploy_cli import envfiles
+from kadeploy_cli import envfiles, uploads
 from kadeploy_cli.client import Client
 from kadeploy_cli.common import (
     CONTEXT,
@@ -128,7 +128,11 @@ def add(client: Client, envfile: Path, visibility: str | None, json_output: bool
     body: dict[str, Any] = prepared.body()
     if visibility is not None:
         body["visibility"] = visibility
-    record = client.post("/v1/environments", body)
+    try:
+        record = client.post("/v1/environments", body)
+    except BaseException:  # refused or interrupted: its uploads would stay on the server
+        uploads.discard(client, prepared.files.values())
+        raise
     if json_output:
         print_json(record)
         return

@@ -20,6 +20,10 @@ def test_kaenv_add_list_print_set_visibility_delete(cli_server: CliServer, tmp_p
     second = description.read_text().replace("version: 1", "version: 2")
     description.write_text(second)
     assert cli_server.run("kaenv", "add", str(description)).returncode == 0
+    again = cli_server.run("kaenv", "add", str(description))  # refused: its uploads go too
+    assert again.returncode == 2, again.stdout + again.stderr
+    with cli_server.api("alice") as client:
+        assert client.get("/v1/uploads").json() == []
 
     listed = cli_server.run("kaenv", "list", "--json")
     names = {(e["name"], e["version"], e["owner"]) for e in json_of(listed)}
