@@ -4,6 +4,11 @@ One transaction per call, so a reader never sees a node's current state without 
 entry that explains it. Late reports are expected, not errors: once a node is final (aborted by
 ``min_nodes``, by a cancel, or by a daemon restart), a state reported afterwards by a step that
 was still running is ignored and the call returns ``False``.
+
+The writes of nodes and deployments also come as messages (:mod:`kadeployd.store.writes`),
+written many per transaction by :meth:`Store.write_batch`; both ways apply them with the same
+code (:mod:`kadeployd.store.apply`). After each commit, the events it produced go to
+:meth:`Store._after_commit`, which the StoreActor publishes.
 """
 
 from __future__ import annotations
@@ -13,31 +18,34 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Self
 
+from kadeployd.events.types import Event
+from kadeployd.store.apply import (
+    Applied,
+    append_history,
+    apply_write,
+    deployment_status,
+    finish_deployment_rows,
+)
+from kadeployd.store.batch import BatchResult, WriteStats
 from kadeployd.store.catalogue import CatalogueWrites
 from kadeployd.store.connection import open_writer
-from kadeployd.store.errors import InvalidRecord, UnknownDeployment
-from kadeployd.store.queries import (
-    StoreQueries,
-    _deployment_row,
-    _node_names,
-    _node_row,
-    _status,
-)
-from kadeployd.store.records import (
-    ERROR_TAIL_CHARS,
-    FINAL_NODE_STATES,
-    PENDING,
-    SUCCESS_NODE_STATES,
-    DeploymentStatus,
-    LogStream,
-)
+from kadeployd.store.errors import InvalidRecord, StoreError
+from kadeployd.store.queries import StoreQueries, _node_names
+from kadeployd.store.records import PENDING, DeploymentStatus, LogStream
 from kadeployd.store.rights import RightsWrites
-from kadeployd.suggest import did_you_mean
+from kadeployd.store.writes import (
+    AppendLog,
+    FinishDeployment,
+    FinishNode,
+    RecordProgress,
+    RecordState,
+    Write,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +59,10 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
     Use :meth:`open` (or :class:`~kadeployd.store.actor.StoreActor`, which owns one in its
     thread). Every ``at`` argument is a unix time and defaults to the time of the call.
     """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection | None) -> None:
+        StoreQueries.__init__(self, path, conn)
+        self._stats = WriteStats()
 
     @classmethod
     def open(cls, path: Path) -> Self:
@@ -101,7 +113,8 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
                     now,
                 ),
             )
-            _insert_nodes(conn, deployment_id, list(nodes), now)
+            events = _insert_nodes(conn, deployment_id, list(nodes), now)
+        self._after_commit(events)
         logger.info("deployment %s created by %s", deployment_id, user)
         return deployment_id
 
@@ -110,12 +123,13 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
         names = list(names)
         now = _now(at)
         with self._writing() as conn:
-            row = _deployment_status(conn, deployment_id)
+            row = deployment_status(conn, deployment_id)
             if row != DeploymentStatus.RUNNING:
                 raise InvalidRecord(
                     f"deployment {deployment_id} is {row}: nodes can only be added while it runs"
                 )
-            _insert_nodes(conn, deployment_id, names, now)
+            events = _insert_nodes(conn, deployment_id, names, now)
+        self._after_commit(events)
 
     def finish_deployment(
         self,
@@ -129,19 +143,7 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
         Nodes not yet final become ``aborted`` with ``reason`` as their message, so a finished
         deployment never has unfinished nodes.
         """
-        final = _status(status)
-        if final is DeploymentStatus.RUNNING:
-            raise InvalidRecord(
-                "finish_deployment needs a final status: succeeded, failed or aborted"
-            )
-        now = _now(at)
-        with self._writing() as conn:
-            if _deployment_status(conn, deployment_id) != DeploymentStatus.RUNNING:
-                logger.debug("deployment %s already finished; %s ignored", deployment_id, final)
-                return False
-            _finish_deployment(conn, deployment_id, final, reason, now)
-        logger.info("deployment %s %s: %s", deployment_id, final, reason)
-        return True
+        return self._apply(FinishDeployment(deployment_id, status, reason, _now(at))).changed
 
     def mark_interrupted(self, reason: str = INTERRUPTED, at: float | None = None) -> list[str]:
         """At daemon start: abort every deployment still ``running``; return their ids.
@@ -150,6 +152,7 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
         keep running while the store restarts.
         """
         now = _now(at)
+        events: list[Event] = []
         with self._writing() as conn:
             ids = [
                 str(r[0])
@@ -158,7 +161,12 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
                 )
             ]
             for deployment_id in ids:
-                _finish_deployment(conn, deployment_id, DeploymentStatus.ABORTED, reason, now)
+                events.extend(
+                    finish_deployment_rows(
+                        conn, deployment_id, DeploymentStatus.ABORTED, reason, now
+                    )
+                )
+        self._after_commit(events)
         for deployment_id in ids:
             logger.warning("deployment %s aborted: %s", deployment_id, reason)
         return ids
@@ -182,36 +190,10 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
         Returns False (and changes nothing) if the node is already final or its deployment
         has ended: a late report from a step that was still running.
         """
-        if not state or state in FINAL_NODE_STATES:
-            raise InvalidRecord(
-                f"record_state cannot record {state!r}; final states "
-                f"({', '.join(sorted(FINAL_NODE_STATES))}) go through finish_node"
-            )
-        if isinstance(attempt, bool) or attempt < 0:
-            raise InvalidRecord(f"attempt must be an integer >= 0, not {attempt!r}")
-        now = _now(at)
-        with self._writing() as conn:
-            if not _node_open(conn, deployment_id, node):
-                logger.debug("%s %s: late state %s ignored", deployment_id, node, state)
-                return False
-            conn.execute(
-                "UPDATE deployment_nodes SET state = ?, macrostep = ?, variant = ?, "
-                "attempt = ?, step_started_at = ?, started_at = coalesce(started_at, ?) "
-                "WHERE deployment_id = ? AND node = ?",
-                (state, macrostep, variant, attempt, now, now, deployment_id, node),
-            )
-            _append_history(
-                conn,
-                deployment_id=deployment_id,
-                node=node,
-                state=state,
-                macrostep=macrostep,
-                variant=variant,
-                attempt=attempt,
-                message=message,
-                now=now,
-            )
-        return True
+        write = RecordState(
+            deployment_id, node, state, macrostep, variant, attempt, message, _now(at)
+        )
+        return self._apply(write).changed
 
     def finish_node(
         self,
@@ -226,31 +208,11 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
         """Put a node in a final state; False (no change) if it was already final.
 
         For a failure, ``message`` should be the last error (stderr tail) and ``error_step``
-        the step that failed; the record keeps the last :data:`ERROR_TAIL_CHARS` characters.
+        the step that failed; the record keeps the last
+        :data:`~kadeployd.store.records.ERROR_TAIL_CHARS` characters.
         """
-        if state not in FINAL_NODE_STATES:
-            raise InvalidRecord(
-                f"{state!r} is not a final node state; valid: "
-                f"{', '.join(sorted(FINAL_NODE_STATES))}"
-                f"{did_you_mean(state, FINAL_NODE_STATES)}"
-            )
-        now = _now(at)
-        with self._writing() as conn:
-            row = _require_node(conn, deployment_id, node)
-            if row["final"]:
-                logger.debug("%s %s: already final; %s ignored", deployment_id, node, state)
-                return False
-            _finish_node(
-                conn,
-                deployment_id=deployment_id,
-                node=node,
-                state=state,
-                message=message,
-                error_step=error_step,
-                now=now,
-            )
-        logger.info("%s %s: %s %s", deployment_id, node, state, message)
-        return True
+        write = FinishNode(deployment_id, node, state, message, error_step, _now(at))
+        return self._apply(write).changed
 
     def record_progress(
         self, deployment_id: str, node: str, bytes_done: int, bytes_total: int
@@ -258,19 +220,7 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
         """Record how far the node's image transfer is; False (no change) once the node is
         final, its deployment ended, or the node is unknown: progress is advisory, a late or
         stray report is dropped, never an error (it comes as a fire-and-forget message)."""
-        done, total = int(bytes_done), int(bytes_total)
-        if done < 0 or total < 0:
-            raise InvalidRecord(
-                f"progress must be byte counts >= 0, not {bytes_done!r}/{bytes_total!r}"
-            )
-        with self._writing() as conn:
-            cursor = conn.execute(
-                "UPDATE deployment_nodes SET bytes_done = ?, bytes_total = ? "
-                "WHERE deployment_id = ? AND node = ? AND final = 0 AND EXISTS ("
-                "SELECT 1 FROM deployments WHERE id = ? AND status = 'running')",
-                (done, total, deployment_id, node, deployment_id),
-            )
-            return cursor.rowcount > 0
+        return self._apply(RecordProgress(deployment_id, node, bytes_done, bytes_total)).changed
 
     def append_log(
         self,
@@ -281,16 +231,7 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
         at: float | None = None,
     ) -> int:
         """Append one piece of a node's log; return its ``seq``."""
-        kind = _stream(stream)
-        now = _now(at)
-        with self._writing() as conn:
-            _require_node(conn, deployment_id, node)
-            cursor = conn.execute(
-                "INSERT INTO node_logs (deployment_id, node, at, stream, text) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (deployment_id, node, now, kind.value, text),
-            )
-            return int(cursor.lastrowid or 0)
+        return self._apply(AppendLog(deployment_id, node, stream, text, _now(at))).seq or 0
 
     def append_logs(
         self,
@@ -300,15 +241,53 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
         at: float | None = None,
     ) -> None:
         """Append several ``(stream, text)`` pieces of a node's log in one transaction."""
-        rows = [(_stream(stream), text) for stream, text in lines]
         now = _now(at)
+        writes = [AppendLog(deployment_id, node, stream, text, now) for stream, text in lines]
+        events: list[Event] = []
         with self._writing() as conn:
-            _require_node(conn, deployment_id, node)
-            conn.executemany(
-                "INSERT INTO node_logs (deployment_id, node, at, stream, text) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(deployment_id, node, now, kind.value, text) for kind, text in rows],
-            )
+            for write in writes:
+                events.extend(apply_write(conn, write).events)
+        self._stats.rows += len(writes)
+        self._after_commit(events)
+
+    # --- batches ---------------------------------------------------------------------------
+
+    def write_batch(self, writes: Sequence[Write]) -> BatchResult:
+        """Apply ``writes`` in order in one transaction, each inside its own savepoint: a write
+        that fails (unknown node, invalid value) is logged and rolled back alone, the others
+        are kept. Late writes change nothing, as for the methods of the same names."""
+        applied = ignored = dropped = 0
+        events: list[Event] = []
+        with self._writing() as conn:
+            for write in writes:
+                conn.execute("SAVEPOINT batch_write")
+                try:
+                    result = apply_write(conn, write)
+                except (StoreError, sqlite3.Error, TypeError, ValueError) as exc:
+                    conn.execute("ROLLBACK TO batch_write")
+                    conn.execute("RELEASE batch_write")
+                    dropped += 1
+                    logger.warning("store: write dropped: %s: %r", exc, write)
+                    continue
+                conn.execute("RELEASE batch_write")
+                if result.changed:
+                    applied += 1
+                    events.extend(result.events)
+                else:
+                    ignored += 1
+        stats = self._stats
+        stats.batches += 1
+        stats.largest_batch = max(stats.largest_batch, len(writes))
+        stats.rows += applied
+        stats.ignored += ignored
+        stats.dropped += dropped
+        self._after_commit(events)
+        return BatchResult(applied, ignored, dropped, tuple(events))
+
+    def stats(self) -> dict[str, int]:
+        """Counters of the writes since the store was opened (see
+        :class:`~kadeployd.store.batch.WriteStats`)."""
+        return self._stats.as_dict()
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -319,7 +298,30 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
 
     def _writing(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction: committed if the block ends normally, else rolled back."""
-        return self._transaction("BEGIN IMMEDIATE", "write")
+        return self._counted_transaction()
+
+    @contextmanager
+    def _counted_transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._transaction("BEGIN IMMEDIATE", "write") as conn:
+            yield conn
+        self._stats.transactions += 1
+
+    def _apply(self, write: Write) -> Applied:
+        """One write in its own transaction (the synchronous methods)."""
+        with self._writing() as conn:
+            applied = apply_write(conn, write)
+        if applied.changed:
+            self._stats.rows += 1
+        else:
+            self._stats.ignored += 1
+        self._after_commit(applied.events)
+        return applied
+
+    def _after_commit(self, events: Sequence[Event]) -> None:
+        """Called with the events of each committed write transaction, in commit order.
+
+        The plain Store has nobody to tell; the StoreActor publishes them on its hub.
+        """
 
 
 # --- helpers running inside a write transaction ---------------------------------------------
@@ -336,41 +338,12 @@ def _to_json(what: str, value: Mapping[str, Any]) -> str:
         raise InvalidRecord(f"{what} cannot be stored as JSON: {exc}") from exc
 
 
-def _stream(value: LogStream | str) -> LogStream:
-    try:
-        return LogStream(value)
-    except ValueError:
-        names = [s.value for s in LogStream]
-        raise InvalidRecord(
-            f"unknown log stream {value!r}; valid: {', '.join(names)}"
-            f"{did_you_mean(str(value), names)}"
-        ) from None
-
-
-def _deployment_status(conn: sqlite3.Connection, deployment_id: str) -> DeploymentStatus:
-    row = conn.execute("SELECT status FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
-    if row is None:
-        raise UnknownDeployment(deployment_id)
-    return DeploymentStatus(row[0])
-
-
-def _require_node(conn: sqlite3.Connection, deployment_id: str, node: str) -> sqlite3.Row:
-    _deployment_row(conn, deployment_id)
-    return _node_row(conn, deployment_id, node)
-
-
-def _node_open(conn: sqlite3.Connection, deployment_id: str, node: str) -> bool:
-    """Whether the node may still change state: its deployment runs and it is not final."""
-    status = _deployment_status(conn, deployment_id)
-    row = _node_row(conn, deployment_id, node)
-    return status == DeploymentStatus.RUNNING and not row["final"]
-
-
 def _insert_nodes(
     conn: sqlite3.Connection, deployment_id: str, names: list[str], now: float
-) -> None:
+) -> list[Event]:
+    """Add node records in state ``pending``; the events of their first history entries."""
     if not names:
-        return
+        return []
     if not all(isinstance(n, str) and n for n in names):
         raise InvalidRecord(f"node names must be non-empty strings: {names!r}")
     twice: set[str] = set()
@@ -392,96 +365,23 @@ def _insert_nodes(
         "VALUES (?, ?, ?, ?, ?)",
         [(deployment_id, name, start + i, PENDING, now) for i, name in enumerate(names)],
     )
-    conn.executemany(
-        "INSERT INTO state_history (deployment_id, node, state, attempt, message, at) "
-        "VALUES (?, ?, ?, 0, '', ?)",
-        [(deployment_id, name, PENDING, now) for name in names],
-    )
+    events: list[Event] = [
+        append_history(
+            conn,
+            deployment_id=deployment_id,
+            node=name,
+            state=PENDING,
+            macrostep=None,
+            variant=None,
+            attempt=0,
+            message="",
+            now=now,
+            final=False,
+        )
+        for name in names
+    ]
     conn.execute(
         "UPDATE deployments SET node_count = node_count + ? WHERE id = ?",
         (len(names), deployment_id),
     )
-
-
-def _append_history(
-    conn: sqlite3.Connection,
-    *,
-    deployment_id: str,
-    node: str,
-    state: str,
-    macrostep: str | None,
-    variant: str | None,
-    attempt: int,
-    message: str,
-    now: float,
-) -> None:
-    conn.execute(
-        "INSERT INTO state_history "
-        "(deployment_id, node, state, macrostep, variant, attempt, message, at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (deployment_id, node, state, macrostep, variant, attempt, message, now),
-    )
-
-
-def _finish_node(
-    conn: sqlite3.Connection,
-    *,
-    deployment_id: str,
-    node: str,
-    state: str,
-    message: str,
-    error_step: str | None,
-    now: float,
-) -> None:
-    error = None if state in SUCCESS_NODE_STATES else message[-ERROR_TAIL_CHARS:]
-    conn.execute(
-        "UPDATE deployment_nodes SET state = ?, final = 1, finished_at = ?, "
-        "step_started_at = ?, error_step = ?, error_message = ? "
-        "WHERE deployment_id = ? AND node = ?",
-        (state, now, now, error_step, error, deployment_id, node),
-    )
-    row = conn.execute(
-        "SELECT macrostep, variant, attempt FROM deployment_nodes "
-        "WHERE deployment_id = ? AND node = ?",
-        (deployment_id, node),
-    ).fetchone()
-    _append_history(
-        conn,
-        deployment_id=deployment_id,
-        node=node,
-        state=state,
-        macrostep=row["macrostep"],
-        variant=row["variant"],
-        attempt=row["attempt"],
-        message=message,
-        now=now,
-    )
-
-
-def _finish_deployment(
-    conn: sqlite3.Connection,
-    deployment_id: str,
-    status: DeploymentStatus,
-    reason: str,
-    now: float,
-) -> None:
-    unfinished = conn.execute(
-        "SELECT node, state FROM deployment_nodes WHERE deployment_id = ? AND final = 0 "
-        "ORDER BY position",
-        (deployment_id,),
-    ).fetchall()
-    for row in unfinished:
-        # error_step: where the node was when it was stopped.
-        _finish_node(
-            conn,
-            deployment_id=deployment_id,
-            node=row["node"],
-            state="aborted",
-            message=reason,
-            error_step=row["state"],
-            now=now,
-        )
-    conn.execute(
-        "UPDATE deployments SET status = ?, reason = ?, finished_at = ? WHERE id = ?",
-        (status.value, reason, now, deployment_id),
-    )
+    return events
