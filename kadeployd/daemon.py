@@ -4,7 +4,7 @@
 
     Supervisor (one_for_one)
     ├─ config   ConfigActor      the configuration snapshot
-    ├─ store    StoreActor       the SQLite store, only writer
+    ├─ store    StoreActor       the SQLite store, only writer; publishes on the EventHub
     ├─ reboot   RebootActor      power and reboot commands, windowed
     ├─ pxe      PxeActor         TFTP server and PXE profiles
     └─ nodes    NodeSupervisor   deployments: DeploymentManager -> NodeActor x N
@@ -33,6 +33,7 @@ from kadeployd.actors.directory import CONFIG, NODES, PXE, REBOOT, STORE
 from kadeployd.actors.node_supervisor import NodeSupervisor
 from kadeployd.config import Config, Node, load_config
 from kadeployd.errors import KadeployError
+from kadeployd.events import EventHub
 from kadeployd.pxe import user_profiles
 from kadeployd.pxe.actor import PxeActor
 from kadeployd.pxe.user_profiles import UserProfile
@@ -82,11 +83,21 @@ class _Tree:
 class Daemon:
     """A running supervision tree, and the calls the API and the tests make on it."""
 
-    def __init__(self, config_dir: Path, config: Config, tree: _Tree, supervisor: Supervisor):
+    def __init__(
+        self,
+        config_dir: Path,
+        config: Config,
+        tree: _Tree,
+        supervisor: Supervisor,
+        *,
+        events: EventHub | None = None,
+    ) -> None:
         self.config_dir = config_dir
         self.config = config
         self._tree = tree
         self.supervisor = supervisor
+        self.events = events or EventHub()
+        """What the store committed, as typed events (the API's event streams subscribe)."""
         self.database = database_path(config.daemon.state_dir)
 
     @classmethod
@@ -101,6 +112,7 @@ class Daemon:
         if interrupted:
             logger.warning("deployments left running by a previous daemon: %s", interrupted)
         tree = _Tree()
+        events = EventHub()
 
         def current_config() -> Config:
             snapshot: Config = directory.call(tree, CONFIG, lambda c: c.snapshot())
@@ -108,7 +120,12 @@ class Daemon:
 
         specs = [
             ChildSpec(CONFIG, lambda: ConfigActor.start(config_dir), Restart.PERMANENT, 5.0),
-            ChildSpec(STORE, lambda: StoreActor.start(path=database), Restart.PERMANENT, 10.0),
+            ChildSpec(
+                STORE,
+                lambda: StoreActor.start(path=database, hub=events),
+                Restart.PERMANENT,
+                10.0,
+            ),
             ChildSpec(
                 REBOOT,
                 lambda: RebootActor.start(
@@ -137,7 +154,7 @@ class Daemon:
         ]
         supervisor = Supervisor.start(specs, max_restarts=max_restarts, period=period)
         tree.supervisor = supervisor
-        return cls(config_dir, config, tree, supervisor)
+        return cls(config_dir, config, tree, supervisor, events=events)
 
     def deploy(self, request: DeploymentRequest) -> str:
         """Start a deployment; returns its id."""
@@ -280,6 +297,7 @@ class Daemon:
         with Store.open(self.database) as store:
             left = store.mark_interrupted(STOPPING)
         if left:
+            self.events.resync()  # written without the StoreActor: followers re-read
             logger.error(
                 "deployments not finished in %ss, recorded aborted: %s", abort_timeout, left
             )

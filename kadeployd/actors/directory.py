@@ -4,7 +4,8 @@ Deployments outlive incarnations of the permanent actors: when the StoreActor cr
 supervisor starts a new one, a node actor's next write must go to the new one. Callers
 therefore never keep a proxy: they name the service, and :func:`call` looks up the current
 incarnation, asks it with a timeout, and, if it died on the way, waits for its successor and
-asks once more.
+asks once more. Reports that need no answer are told: :func:`send` a message (the store's
+writes: ``send(services, STORE, RecordState(...))``) or :func:`tell` a proxy call.
 """
 
 from __future__ import annotations
@@ -75,3 +76,19 @@ def tell(
             logger.warning("cannot reach %s: %s", name, exc)
             return
     logger.warning("%s died twice while being told something", name)
+
+
+def send(directory: Directory, name: str, message: object, wait: float = 5.0) -> None:
+    """Tell ``message`` (a frozen message, e.g. a store write of
+    :mod:`kadeployd.store.writes`) to the current incarnation of ``name``: no proxy is built
+    and nothing waits for the actor, except while it restarts (at most ``wait`` seconds)."""
+    for _attempt in (1, 2):
+        try:
+            directory.child(name, wait).tell(message)
+            return
+        except pykka.ActorDeadError:
+            continue
+        except (ChildUnavailable, UnknownChild) as exc:
+            logger.warning("cannot reach %s: %s; %r dropped", name, exc, message)
+            return
+    logger.warning("%s died twice while being sent %r", name, message)

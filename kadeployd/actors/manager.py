@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import threading
 import time
@@ -30,6 +29,8 @@ from kadeployd.chain import ChainResult, Hop
 from kadeployd.config import Config
 from kadeployd.environment import ImageKind, read_boot_files
 from kadeployd.errors import KadeployError
+from kadeployd.store.records import LogStream
+from kadeployd.store.writes import AppendLog, FinishDeployment, FinishNode
 from kadeployd.workflow.job import BootFilesRef, DeploymentJob
 from kadeployd.workflow.operations import publishes_boot_files
 from kadeployd.workflow.outcome import Tally, Verdict
@@ -45,12 +46,6 @@ CHAIN_ROUND_STARTED = "chain round started"
 CHAIN_ROUND_ENDED = "chain round ended"
 """Opens the log line written to every node of the round when the stream's acknowledgement
 came back: every node of the chain held the whole stream and its writer had finished."""
-
-
-def _append_info(
-    deployment_id: str, node: str, text: str, at: float, store: pykka.ActorProxy[Any]
-) -> object:
-    return store.append_log(deployment_id, node, "info", text, at=at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,8 +248,8 @@ class DeploymentManager(pykka.ThreadingActor):
         at, text = time.time(), f"{event}: {detail}"
         logger.info("deployment %s: %s", self._job.deployment_id, text)
         for node in self._rounds.running_nodes:
-            append = functools.partial(_append_info, self._job.deployment_id, node, text, at)
-            directory.tell(self._services, directory.STORE, append)
+            write = AppendLog(self._job.deployment_id, node, LogStream.INFO, text, at)
+            directory.send(self._services, directory.STORE, write)
 
     def _tell_self(self, message: object) -> None:
         with contextlib.suppress(pykka.ActorDeadError):  # the deployment ended meanwhile
@@ -262,13 +257,8 @@ class DeploymentManager(pykka.ThreadingActor):
 
     def _fail_unstarted(self, node: str, state: NodeState, message: str) -> None:
         step = "prepare" if state == NodeState.DEPLOY_FAILED else None
-        directory.call(
-            self._services,
-            directory.STORE,
-            lambda store: store.finish_node(
-                self._job.deployment_id, node, state.value, message, error_step=step
-            ),
-        )
+        write = FinishNode(self._job.deployment_id, node, state.value, message, error_step=step)
+        directory.send(self._services, directory.STORE, write)
         self._tally.record(node, state)
 
     def _decide(self) -> None:
@@ -292,11 +282,10 @@ class DeploymentManager(pykka.ThreadingActor):
         if self._decided is None or self._tally.unfinished:
             return
         verdict, reason = self._decided
-        directory.call(
-            self._services,
-            directory.STORE,
-            lambda store: store.finish_deployment(self._job.deployment_id, verdict.value, reason),
-        )
+        # The nodes' final states reached the store's mailbox before they told this manager,
+        # so this write comes after them (FIFO) and aborts no node that had finished.
+        write = FinishDeployment(self._job.deployment_id, verdict.value, reason)
+        directory.send(self._services, directory.STORE, write)
         outcome = DeploymentOutcome(
             self._job.deployment_id, verdict, reason, dict(self._tally.finished)
         )

@@ -24,6 +24,7 @@ from kadeployd.config import Node
 from kadeployd.pxe.profiles import BootTarget
 from kadeployd.reboot.jobs import RebootResult
 from kadeployd.reboot.levels import RebootLevel
+from kadeployd.store.writes import RecordProgress
 from kadeployd.workflow.cancel import CancelToken
 from kadeployd.workflow.context import (
     ProbeView,
@@ -204,12 +205,8 @@ class NodeServicesImpl:
             if not boundary and now - self._progress_at < PROGRESS_INTERVAL:
                 return
             self._progress_at = now
-        deployment_id, node = self._job.deployment_id, self._node.name
-        directory.tell(
-            self._services,
-            directory.STORE,
-            lambda store: store.record_progress(deployment_id, node, done, total),
-        )
+        write = RecordProgress(self._job.deployment_id, self._node.name, done, total)
+        directory.send(self._services, directory.STORE, write)
 
     @contextlib.contextmanager
     def broadcast_slot(self, cancelled: CancelToken) -> Iterator[None]:

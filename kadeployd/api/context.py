@@ -1,5 +1,6 @@
 """What the API's routes share: the Daemon (the only way to the actors), a store reader, the
-tokens, the uploads, and the server's own status (uptime, reloads)."""
+event hub (what the store commits, pushed), the tokens, the uploads, and the server's own
+status (uptime, reloads)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ class ApiContext:
         state_dir = daemon.config.daemon.state_dir
         self.state_dir = state_dir
         self.reader = StoreReader(daemon.database)
+        self.events = daemon.events
+        """The daemon's EventHub: event streams subscribe to it instead of polling the store."""
         self.tokens = TokenStore(state_dir)
         self.uploads = UploadStore(state_dir / "uploads")
         self.environments_dir = state_dir / ENVIRONMENTS_DIR
@@ -86,6 +89,7 @@ class ApiContext:
         return config
 
     def close(self) -> None:
-        """Release the store reader."""
+        """End the event streams, release the store reader."""
         self.stopping.set()
+        self.events.close()
         self.reader.close()

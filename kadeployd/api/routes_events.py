@@ -1,7 +1,11 @@
 """``/v1/deployments/{id}/events``: server-sent events of a deployment.
 
-The stream polls the store (the simplest correct approach: the store is the record, so a
-client that reconnects with ``Last-Event-ID`` misses nothing) and sends::
+The stream is pushed, not polled. On connect it subscribes to the daemon's event hub *first*,
+then sends from the database what came after ``Last-Event-ID`` / ``after``, then the hub's
+events as the store commits them, each state once (by seq). The store is the record and
+publishes only what it committed, so a client that reconnects with ``Last-Event-ID`` misses
+nothing. A stream whose subscription lagged (a slow client) re-reads the database once from
+its last seq; when the deployment ends it reads it once more, then sends ``end``. It sends::
 
     id: 42              <- the history seq: resume from here
     event: state
@@ -10,7 +14,7 @@ client that reconnects with ``Last-Event-ID`` misses nothing) and sends::
     event: log          <- only with ?logs=true
     data: {"seq": 7, "node": "n-1", "stream": "stdout", "text": "..."}
 
-    event: progress     <- when the image transfer moved (at most once per poll)
+    event: progress     <- when the image transfer moved (at most once per delivery)
     data: {"bytes_done": 1048576, "bytes_total": 4194304,
            "nodes": {"n-1": {"bytes_done": 1048576, "bytes_total": 2097152}, ...}}
 
@@ -22,30 +26,36 @@ and a ``: keepalive`` comment every 15 s of silence.
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from kadeployd.api.auth import CallerDep, Context
 from kadeployd.api.context import ApiContext
-from kadeployd.api.convert import deployment_out, history_out, progress_out
 from kadeployd.api.errors import ApiError
-from kadeployd.api.models import ProgressOut
+from kadeployd.api.event_stream import KEEPALIVE_TEXT, StreamCursor, end_text, progress_event
 from kadeployd.api.responses import ERRORS
-from kadeployd.store.records import DeploymentStatus, DeploymentView, HistoryEntry, LogLine
+from kadeployd.events import EVENT_TYPES, NodeLogged
+from kadeployd.store.records import DeploymentStatus
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"], responses=ERRORS)
 
-POLL_INTERVAL = 0.25
 KEEPALIVE = 15.0
+"""Seconds of silence after which the stream sends a ``: keepalive`` comment."""
+PAGE = 10_000
+"""Rows read from the database at once when (re)playing."""
+
+__all__ = ["progress_event", "router"]
 
 
 @router.get(
@@ -78,52 +88,76 @@ def deployment_events(
     )
 
 
-def _poll(
-    context: ApiContext, deployment_id: str, after: int, log_after: int | None
-) -> tuple[DeploymentView, list[HistoryEntry], list[LogLine], ProgressOut | None]:
-    # The view first: if it says finished, the entries read after it are complete.
-    view = context.reader.deployment(deployment_id)
-    entries = context.reader.state_changes(deployment_id, after)
-    lines = [] if log_after is None else context.reader.log(deployment_id, None, log_after, 10_000)
-    progress = progress_out(context.reader.nodes(deployment_id))
-    return view, entries, lines, progress
-
-
-def progress_event(progress: ProgressOut | None, sent: ProgressOut | None) -> str | None:
-    """The ``progress`` event to send for ``progress`` if it differs from the last ``sent``."""
-    if progress is None or progress == sent:
-        return None
-    return f"event: progress\ndata: {progress.model_dump_json()}\n\n"
-
-
 async def _stream(
     context: ApiContext, deployment_id: str, after: int, logs: bool
 ) -> AsyncIterator[str]:
-    log_after: int | None = 0 if logs else None
-    quiet_since = time.monotonic()
-    sent: ProgressOut | None = None
-    while not context.stopping.is_set():
-        view, entries, lines, progress = await anyio.to_thread.run_sync(
-            _poll, context, deployment_id, after, log_after
-        )
-        for entry in entries:
-            after = entry.seq
-            yield f"id: {entry.seq}\nevent: state\ndata: {history_out(entry).model_dump_json()}\n\n"
-        for line in lines:
-            log_after = line.seq
-            data = {"seq": line.seq, "node": line.node, "at": line.at}
-            data.update(stream=line.stream.value, text=line.text)
-            yield f"event: log\ndata: {json.dumps(data)}\n\n"
-        if (text := progress_event(progress, sent)) is not None:
-            sent = progress
-            quiet_since = time.monotonic()
+    """Subscribe, replay from the database, then follow the hub until the deployment ends."""
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+
+    def wake() -> None:  # the StoreActor's thread: must not block
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(ready.set)
+
+    kinds = EVENT_TYPES if logs else EVENT_TYPES - {NodeLogged}
+    cursor = StreamCursor(after, logs)
+    with context.events.subscribe(deployment_id, kinds=kinds, waker=wake) as subscription:
+        # Subscribed before reading: what commits from now on is queued, what committed
+        # before is read; the overlap is sent once (seqs).
+        text, ended = await _replay(context, deployment_id, cursor)
+        if text:
             yield text
-        if entries or lines:
-            quiet_since = time.monotonic()
-        if view.status != DeploymentStatus.RUNNING and len(entries) < 10_000 > len(lines):
-            yield f"event: end\ndata: {deployment_out(view).model_dump_json()}\n\n"
-            return
-        if time.monotonic() - quiet_since > KEEPALIVE:
-            quiet_since = time.monotonic()
-            yield ": keepalive\n\n"
-        await anyio.sleep(POLL_INTERVAL)
+        quiet_since = time.monotonic()
+        while not ended:
+            ready.clear()  # before take(): a wake after it is not lost
+            delivery = subscription.take()
+            if delivery.closed or context.stopping.is_set():
+                return
+            if delivery.lagged or delivery.events:
+                text = "".join(cursor.events(delivery.events))
+                if delivery.lagged or cursor.end_seen:
+                    more, ended = await _replay(context, deployment_id, cursor)
+                    text += more
+                if text:
+                    quiet_since = time.monotonic()
+                    yield text
+                continue
+            silence = KEEPALIVE - (time.monotonic() - quiet_since)
+            with anyio.move_on_after(max(silence, 0.0)):
+                await ready.wait()
+            if time.monotonic() - quiet_since >= KEEPALIVE:
+                quiet_since = time.monotonic()
+                yield KEEPALIVE_TEXT
+
+
+async def _replay(
+    context: ApiContext, deployment_id: str, cursor: StreamCursor
+) -> tuple[str, bool]:
+    """What the database has that the stream did not send, and whether the deployment is over
+    (then the text ends with ``end``). One read of each kind, by pages: never a poll."""
+    reader = context.reader
+    # The view first: if it says finished, the rows read after it are complete.
+    view = await anyio.to_thread.run_sync(reader.deployment, deployment_id)
+    texts: list[str] = []
+    while True:
+        entries = await anyio.to_thread.run_sync(
+            reader.state_changes, deployment_id, cursor.state_seq, PAGE
+        )
+        texts.extend(cursor.entries(entries))
+        if len(entries) < PAGE:
+            break
+    while cursor.log_seq is not None:
+        lines = await anyio.to_thread.run_sync(
+            reader.log, deployment_id, None, cursor.log_seq, PAGE
+        )
+        texts.extend(cursor.lines(lines))
+        if len(lines) < PAGE:
+            break
+    nodes = await anyio.to_thread.run_sync(reader.nodes, deployment_id)
+    cursor.transfers.reset(nodes)
+    if (progress := cursor.progress()) is not None:
+        texts.append(progress)
+    ended = view.status != DeploymentStatus.RUNNING
+    if ended:
+        texts.append(end_text(view))
+    return "".join(texts), ended
