@@ -429,8 +429,10 @@ def _follow(
     progress = Progress(deployment, nodes, verbose, stream)
     progress.header(deployment)
     ident = deployment["id"]
-    final = _watch(client, ident, progress, options["yes"], verbose)
-    progress.close()
+    try:
+        final = _watch(client, ident, progress, options["yes"], verbose)
+    finally:
+        progress.close()  # on a terminal, stops the live view (also on an error)
     if final is None:
         return INTERRUPTED
     results = _results(client, ident, final, progress)
@@ -482,9 +484,11 @@ def _watch(
                 raise
             # The server stopped right after the deployment ended, before sending its end:
             # every node's outcome is known from the events.
+            progress.close()
             click.echo(f"kadeploy: the server stopped after deployment {ident} ended", err=True)
             return _ended_from_events(ident, progress)
         except KeyboardInterrupt:
+            progress.pause()  # the live view off the screen's bottom while we talk
             if cancelled:
                 _detached(ident, "still cancelling")
                 return None
@@ -492,9 +496,11 @@ def _watch(
                 if not sys.stdin.isatty():
                     _detached(ident, "still running")
                     return None
+                progress.resume()
                 continue
             cancelled = True
             _cancel(client, ident)
+            progress.resume()
 
 
 def _results(

@@ -1,13 +1,18 @@
 """Live progress of a deployment and its final summary, as ``kadeploy`` prints them.
 
-The progress is fed the deployment's server-sent events. On a terminal it keeps one block of
-lines, one per step with the number of nodes in it, rewritten in place; elsewhere (a pipe, a
-log file) it appends a line each time a step's count changes. Failures are printed as they
-happen in both cases. Times are the server's, relative to the deployment's creation.
+The progress is fed the deployment's server-sent events. On a terminal it is a live view
+(:class:`rich.live.Live`) redrawn in place on its own clock, :data:`REFRESH_PER_SECOND` times
+a second: one line per step with the number of nodes in it, the image transfer, and the
+elapsed time, which keeps ticking between events. Elsewhere (a pipe, a log file) it appends a
+timestamped line each time a step's count changes. Failures are printed as they happen in
+both cases (on a terminal, above the live view). Times are the server's, relative to the
+deployment's creation.
 
 During the image transfer a bar follows the steps (``transfer [#####.....] 58% 112/192 MiB
-48 MiB/s``): part of the block on a terminal; elsewhere a line at most every
-:data:`TRANSFER_LINE_INTERVAL` seconds, and one when the transfer is complete.
+48 MiB/s``): part of the live view on a terminal; elsewhere a line at most every
+:data:`TRANSFER_LINE_INTERVAL` seconds, and one when the transfer is complete. The rate is
+the one of the stream only (:class:`StreamRate`): the time nodes wait for a chain to gather,
+before the first byte or between rounds, does not count.
 
 Verbose levels (``--verbose-level``): 0 errors only, 1 the final summary, 2 failures as they
 happen, 3 (default) the steps' counts, 4 every node's state change, 5 the nodes' logs.
@@ -17,11 +22,16 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.text import Text
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +59,8 @@ DEFAULT_VERBOSE = 3
 TRANSFER_LINE_INTERVAL = 5.0
 """Without a terminal, seconds between two transfer lines."""
 BAR_WIDTH = 20
-RATE_WINDOW = 5.0
-"""The transfer rate shown is the one over about the last this many seconds."""
+REFRESH_PER_SECOND = 4
+"""On a terminal, redraws of the live view a second (the clock ticks without events)."""
 MIB = 1024 * 1024
 
 
@@ -67,6 +77,50 @@ def transfer_text(done: int, total: int, rate: float | None) -> str:
     if rate is not None:
         text += f" {rate / MIB:.{0 if rate >= 10 * MIB else 1}f} MiB/s"
     return text
+
+
+STREAM_GAP = 5.0
+"""Seconds between two ``progress`` events past which the bytes are taken to have stopped
+moving meanwhile (nodes report about every second while they receive)."""
+
+
+class StreamRate:
+    """The transfer's rate over the time its bytes were moving, not the time nodes waited.
+
+    Fed the deployment's ``bytes_done`` at each ``progress`` event, with the local time it
+    arrived. The time between two events counts when bytes moved between them and had already
+    moved before the first one: a chain's nodes report ``0`` when their relay starts, then
+    wait for the others to gather; the time until the first bytes are seen is that wait, not
+    the stream. A pause (nothing moved, or no event for :data:`STREAM_GAP` seconds: between
+    two chain rounds) or a total that goes down (a node restarted its transfer, or failed and
+    left the sums) ends a stretch the same way. So during a stream the rate is the bytes from
+    the first ones seen to the last ones over that time; after it, it stays the stream's.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[float, int] | None = None
+        self._moving = False
+        self.bytes = 0
+        """Bytes counted (those that moved while the stream was known to run)."""
+        self.seconds = 0.0
+        """Seconds counted."""
+
+    def add(self, now: float, done: int) -> None:
+        """The transfer stood at ``done`` bytes at ``now`` (seconds, any monotonic origin)."""
+        last, self._last = self._last, (now, done)
+        if last is None:
+            self._moving = done > 0  # joined during the stream (kadeploy --follow)
+            return
+        then, before = last
+        moved = done > before
+        if moved and self._moving and now - then <= STREAM_GAP:
+            self.bytes += done - before
+            self.seconds += now - then
+        self._moving = moved
+
+    def rate(self) -> float | None:
+        """Bytes per second; None until bytes were seen moving over some time."""
+        return self.bytes / self.seconds if self.seconds > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +152,13 @@ def outcomes(nodes: Iterable[dict[str, Any]]) -> list[NodeOutcome]:
 
 
 class Progress:
-    """Renders state events; see the module docstring."""
+    """Renders state events; see the module docstring.
+
+    On a terminal (at verbose level 3 and more) the live view runs from the start until
+    :meth:`close`; :meth:`pause` and :meth:`resume` take it off the screen meanwhile (to ask
+    a question). The view is drawn from rich's refresh thread, hence the lock around what it
+    reads; nothing is printed while holding it (printing waits for the view's own lock).
+    """
 
     def __init__(
         self,
@@ -117,15 +177,25 @@ class Progress:
         self._total = len(nodes) or int(deployment.get("node_count") or 0)
         self._states: dict[str, str] = dict.fromkeys(nodes, "pending")
         self._last: dict[str, dict[str, Any]] = {}
-        self._block = 0
         self._last_counts: Counter[str] = Counter()
         self._printed_at: dict[str, float] = {}
         self._elapsed = 0.0
         self._clock = clock
+        self._ticked_from = (0.0, clock())
+        """(server elapsed time, local clock then): the live view's clock runs on from it."""
         self._transfer: tuple[int, int] | None = None
-        self._samples: deque[tuple[float, int]] = deque()
+        self._stream_rate = StreamRate()
         self._transfer_printed_at = float("-inf")
         self._transfer_complete_printed = False
+        self._lock = threading.Lock()
+        self._closed = False
+        self._console: Console | None = None
+        self._live: Live | None = None
+        if self._tty and verbose >= 3:
+            self._console = Console(
+                file=self._stream, force_terminal=True, highlight=False, markup=False, emoji=False
+            )
+            self._live = self._start_live(self._console)
 
     # ------------------------------------------------------------ events
 
@@ -146,10 +216,13 @@ class Progress:
     def state(self, event: dict[str, Any]) -> None:
         """A node entered a state."""
         node, state = str(event.get("node")), str(event.get("state"))
-        self._elapsed = max(self._elapsed, float(event.get("at") or 0.0) - self._origin)
-        previous = self._states.get(node)
-        self._states[node] = state
-        self._last[node] = event
+        with self._lock:
+            self._elapsed = max(self._elapsed, float(event.get("at") or 0.0) - self._origin)
+            if self._elapsed > self.elapsed():  # the clock never runs backwards
+                self._ticked_from = (self._elapsed, self._clock())
+            previous = self._states.get(node)
+            self._states[node] = state
+            self._last[node] = event
         if previous == state and state not in FAILURE:
             return
         if state in FAILURE and self._verbose >= 2:
@@ -173,17 +246,11 @@ class Progress:
         except (TypeError, ValueError):
             return  # a malformed event is not worth stopping the watch for
         now = self._clock()
-        if self._transfer is not None and done < self._transfer[0]:
-            self._samples.clear()  # a node restarted its transfer: the old rate means nothing
-        self._transfer = (done, total)
-        self._samples.append((now, done))
-        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW:
-            self._samples.popleft()
-        if self._verbose < 3:
-            return
-        if self._tty:
-            self._redraw(self.counts())
-            return
+        with self._lock:
+            self._transfer = (done, total)
+            self._stream_rate.add(now, done)
+        if self._verbose < 3 or self._live is not None:
+            return  # the live view shows it at its next refresh
         complete = total > 0 and done >= total
         if complete and not self._transfer_complete_printed:
             self._transfer_complete_printed = True
@@ -199,11 +266,8 @@ class Progress:
         return transfer_text(*self._transfer, self._rate())
 
     def _rate(self) -> float | None:
-        """Bytes per second over the samples kept (about the last RATE_WINDOW seconds)."""
-        if len(self._samples) < 2:
-            return None
-        (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
-        return (b1 - b0) / (t1 - t0) if t1 > t0 else None
+        """Bytes per second over the stream only (see :class:`StreamRate`)."""
+        return self._stream_rate.rate()
 
     def log(self, event: dict[str, Any]) -> None:
         """A line of a node's log (verbose level 5)."""
@@ -212,8 +276,34 @@ class Progress:
             self._event_line(f"{event.get('node')} [{event.get('stream')}] {text}")
 
     def close(self) -> None:
-        """Leave the last block on screen."""
-        self._block = 0
+        """Stop the live view, leaving its last state on screen; idempotent."""
+        self._closed = True
+        self.pause()
+
+    def pause(self) -> None:
+        """Take the live view off the screen's bottom (its last state stays above)."""
+        if self._live is not None:
+            self._live.stop()
+
+    def resume(self) -> None:
+        """Start the live view again after :meth:`pause` (not after :meth:`close`), below
+        what was printed meanwhile."""
+        if self._console is not None and not self._closed:
+            self.pause()
+            self._live = self._start_live(self._console)
+
+    def _start_live(self, console: Console) -> Live:
+        # A new Live each time: a restarted one would first erase as many lines as it drew
+        # last, which are now the lines printed while it was paused (a question, its answer).
+        live = Live(
+            get_renderable=self.view,
+            console=console,
+            refresh_per_second=REFRESH_PER_SECOND,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        live.start(refresh=True)
+        return live
 
     def all_final(self) -> bool:
         """Whether every node reached a final state in the events seen."""
@@ -243,13 +333,29 @@ class Progress:
         """How many nodes are in each state."""
         return Counter(self._states.values())
 
+    def elapsed(self) -> float:
+        """Seconds since the deployment's creation as the live view shows them: the server's
+        time of the latest event, run on with the local clock since it arrived."""
+        elapsed, at = self._ticked_from
+        return elapsed + max(0.0, self._clock() - at)
+
+    def view(self) -> RenderableType:
+        """The live view: one line per step with its node count, the transfer, the clock."""
+        with self._lock:
+            counts = self.counts()
+            lines = self._block_lines(counts)
+        styled = []
+        for line in lines:
+            state = line.split(maxsplit=1)[0]
+            style = "green" if state in SUCCESS else "red" if state in FAILURE else ""
+            styled.append(Text(line, style=style, no_wrap=True, overflow="ellipsis"))
+        return Group(*styled)
+
     def _counts_changed(self, state: str) -> None:
-        if self._verbose < 3:
+        if self._verbose < 3 or self._live is not None:
             return
         counts = self.counts()
-        if self._tty:
-            self._redraw(counts)
-        elif counts[state] != self._last_counts[state] and self._due(state, counts[state]):
+        if counts[state] != self._last_counts[state] and self._due(state, counts[state]):
             self._line(f"[{self._elapsed:7.1f}s] {self._step_text(state, counts[state])}")
             self._printed_at[state] = self._elapsed
         self._last_counts = counts
@@ -273,29 +379,14 @@ class Progress:
         bar = self.transfer_line()
         if bar is not None:
             lines.append(f"  {bar}")
-        return [*lines, f"  [{self._elapsed:7.1f}s]"]
-
-    def _redraw(self, counts: Counter[str]) -> None:
-        self._erase()
-        lines = self._block_lines(counts)
-        for line in lines:
-            self._stream.write(line + "\n")
-        self._stream.flush()
-        self._block = len(lines)
-
-    def _erase(self) -> None:
-        if self._tty and self._block:
-            self._stream.write(f"\x1b[{self._block}F\x1b[J")
-            self._block = 0
+        return [*lines, f"  elapsed {self.elapsed():.1f} s"]
 
     def _event_line(self, text: str) -> None:
         self._line(f"[{self._elapsed:7.1f}s] {text}")
 
     def _line(self, text: str) -> None:
-        if self._tty and self._block:
-            self._erase()
-            self._stream.write(text + "\n")
-            self._redraw(self.counts())
+        if self._console is not None:  # above the live view
+            self._console.print(Text(text), soft_wrap=True)
             return
         self._stream.write(text + "\n")
         self._stream.flush()

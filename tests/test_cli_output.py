@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from kadeploy_cli.client import ServerAddress, _parse_sse, parse_address
 from kadeploy_cli.errors import UsageProblem
@@ -19,15 +20,31 @@ def event(node: str, state: str, at: float, **extra: object) -> dict[str, object
     return {"node": node, "state": state, "at": at, **extra}
 
 
-def test_on_a_terminal_the_step_block_is_rewritten_in_place() -> None:
+def screen(progress: Progress) -> list[str]:
+    """The live view as it is drawn now, as plain lines."""
     out = io.StringIO()
-    progress = Progress(DEPLOYMENT, ["n-1", "n-2"], verbose=3, stream=out, tty=True)
-    progress.state(event("n-1", "transferring", 101.0))
-    progress.state(event("n-2", "transferring", 101.5))
-    text = out.getvalue()
-    assert "\x1b[3F\x1b[J" in text  # the previous 3-line block erased before the new one
-    last_block = text.rsplit("\x1b[J", 1)[1]
-    assert last_block == "  transferring   2 nodes\n  [    1.5s]\n"
+    Console(file=out, width=100, color_system=None).print(progress.view())
+    return out.getvalue().splitlines()
+
+
+def test_on_a_terminal_the_live_view_shows_each_step_and_a_ticking_clock() -> None:
+    out, clock = io.StringIO(), Clock()
+    progress = Progress(DEPLOYMENT, ["n-1", "n-2"], verbose=3, stream=out, tty=True, clock=clock)
+    try:
+        progress.state(event("n-1", "transferring", 101.0))
+        progress.state(event("n-2", "transferring", 101.5))
+        assert screen(progress) == ["  transferring   2 nodes", "  elapsed 1.5 s"]
+        clock.now = 3.0  # no event for 3 s: the clock runs on
+        assert screen(progress)[-1] == "  elapsed 4.5 s"
+        progress.state(event("n-1", "deployed", 103.0))  # an earlier time: never backwards
+        assert screen(progress) == [
+            "  transferring   1 node",
+            "  deployed       1/2 nodes",
+            "  elapsed 4.5 s",
+        ]
+    finally:
+        progress.close()
+    assert out.getvalue().endswith("\x1b[?25h")  # closed: the cursor is shown again
 
 
 def test_failures_are_printed_as_they_happen_above_the_block() -> None:
@@ -118,21 +135,27 @@ def test_transfer_text_is_a_bar_with_percent_sizes_and_rate() -> None:
     assert transfer_text(3 * MIB, 0, None).startswith("transfer [####################] 100%")
 
 
-def test_on_a_terminal_the_transfer_bar_is_part_of_the_block() -> None:
+def test_on_a_terminal_the_transfer_is_in_the_view_and_failures_are_printed_above() -> None:
     out, clock = io.StringIO(), Clock()
     progress = Progress(DEPLOYMENT, ["n-1", "n-2"], verbose=3, stream=out, tty=True, clock=clock)
-    progress.state(event("n-1", "transferring", 101.0))
-    progress.state(event("n-2", "transferring", 101.0))
-    progress.transfer(transfer(0, 192))
-    clock.now = 2.0
-    progress.transfer(transfer(96, 192))
-    last_block = out.getvalue().rsplit("\x1b[J", 1)[1]
-    assert last_block == (
-        "  transferring   2 nodes\n"
-        "  transfer [##########..........]  50% 96/192 MiB 48 MiB/s\n"
-        "  [    1.0s]\n"
-    )
-    assert out.getvalue().endswith("  [    1.0s]\n")  # the bar never leaves a stray line
+    try:
+        progress.state(event("n-1", "transferring", 101.0))
+        progress.state(event("n-2", "transferring", 101.0))
+        progress.transfer(transfer(0, 192))  # the relays start, then wait for the chain
+        clock.now = 30.0
+        progress.transfer(transfer(16, 192))  # the first bytes
+        clock.now = 32.0
+        progress.transfer(transfer(112, 192))
+        assert screen(progress) == [
+            "  transferring   2 nodes",
+            "  transfer [###########.........]  58% 112/192 MiB 48 MiB/s",
+            "  elapsed 33.0 s",
+        ]
+        progress.state(event("n-2", "deploy_failed", 133.0, macrostep="BroadcastEnv",
+                             message="relay stalled"))  # fmt: skip
+    finally:
+        progress.close()
+    assert "[   33.0s] n-2 DEPLOY_FAILED in BroadcastEnv: relay stalled\n" in out.getvalue()
 
 
 def test_without_a_terminal_transfer_lines_are_few() -> None:
