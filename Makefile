@@ -35,9 +35,11 @@ test: system-deps $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
 # The main job: 8 emulated nodes, the daemon, one deployment (root; see scripts/demo).
+# Run again, it reuses what runs and deploys again (a redeploy, timed like the first).
 demo: system-deps $(STAMP)
 	scripts/demo 8
 
+# Stops the daemon, removes the testbed and all the demo made (testbed/, daemon state included).
 demo-down:
 	scripts/demo down
 
