@@ -15,7 +15,9 @@ database), so a bad start-up fails at once with a clear message and exit status 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import logging
 import math
 import threading
@@ -27,19 +29,20 @@ from typing import Any
 
 import pykka
 
+from kadeploy_core.errors import KadeployError
 from kadeployd.actors import directory
 from kadeployd.actors.config_actor import ConfigActor
 from kadeployd.actors.directory import CONFIG, NODES, PXE, REBOOT, STORE
 from kadeployd.actors.node_supervisor import NodeSupervisor
 from kadeployd.config import Config, Node, load_config
-from kadeployd.errors import KadeployError
 from kadeployd.events import EventHub
 from kadeployd.pxe import user_profiles
 from kadeployd.pxe.actor import PxeActor
 from kadeployd.pxe.user_profiles import UserProfile
 from kadeployd.reboot.actor import RebootActor
 from kadeployd.reboot.jobs import RebootResult, not_run
-from kadeployd.reboot.levels import PowerAction, RebootLevel
+from kadeployd.reboot.levels import LEVELS, PowerAction, RebootLevel, stronger_level
+from kadeployd.runtime import Workers
 from kadeployd.store.actor import StoreActor
 from kadeployd.store.connection import database_path
 from kadeployd.store.reader import StoreReader
@@ -89,6 +92,7 @@ class Daemon:
         config: Config,
         tree: _Tree,
         supervisor: Supervisor,
+        workers: Workers,
         *,
         events: EventHub | None = None,
     ) -> None:
@@ -96,6 +100,7 @@ class Daemon:
         self.config = config
         self._tree = tree
         self.supervisor = supervisor
+        self.workers = workers
         self.events = events or EventHub()
         """What the store committed, as typed events (the API's event streams subscribe)."""
         self.database = database_path(config.daemon.state_dir)
@@ -113,11 +118,15 @@ class Daemon:
             logger.warning("deployments left running by a previous daemon: %s", interrupted)
         tree = _Tree()
         events = EventHub()
+        workers = Workers.create(
+            ssh=daemon_settings.workers.ssh, files=daemon_settings.workers.files
+        )
 
         def current_config() -> Config:
             snapshot: Config = directory.call(tree, CONFIG, lambda c: c.snapshot())
             return snapshot
 
+        node_supervisors = itertools.count()  # the incarnations started
         specs = [
             ChildSpec(CONFIG, lambda: ConfigActor.start(config_dir), Restart.PERMANENT, 5.0),
             ChildSpec(
@@ -147,21 +156,39 @@ class Daemon:
             ),
             ChildSpec(
                 NODES,
-                lambda: NodeSupervisor.start(tree, current_config),
+                lambda: NodeSupervisor.start(
+                    tree, current_config, workers, restarted=next(node_supervisors) > 0
+                ),
                 Restart.PERMANENT,
                 30.0,
             ),
         ]
         supervisor = Supervisor.start(specs, max_restarts=max_restarts, period=period)
         tree.supervisor = supervisor
-        return cls(config_dir, config, tree, supervisor, events=events)
+        return cls(config_dir, config, tree, supervisor, workers, events=events)
 
-    def deploy(self, request: DeploymentRequest) -> str:
-        """Start a deployment; returns its id."""
+    def deploy(
+        self, request: DeploymentRequest, *, force: bool = False, caller: str | None = None
+    ) -> str:
+        """Start a deployment (or a reboot operation); returns its id. The NodeSupervisor
+        admits it first: AdmissionRefused (kadeployd.admission) says why not. ``force`` takes
+        nodes that running deployments hold; ``caller`` is the authenticated user who asks
+        (the API's), whose rights are checked; None is in-process code, which needs none."""
         deployment_id: str = directory.call(
-            self._tree, NODES, lambda n: n.deploy(request), CALL_TIMEOUT
+            self._tree, NODES, lambda n: n.deploy(request, force, caller), CALL_TIMEOUT
         )
         return deployment_id
+
+    def check_nodes(
+        self, user: str, names: Sequence[str], action: str, force: bool = False
+    ) -> list[Node]:
+        """The configured nodes named (each once) if ``user`` may ``action`` them now (power
+        commands, simple reboots), as the NodeSupervisor's admission decides: a right on each
+        and, unless ``force``, none held by a running deployment. Raises AdmissionRefused."""
+        nodes: tuple[Node, ...] = directory.call(
+            self._tree, NODES, lambda n: n.check_nodes(user, list(names), action, force)
+        )
+        return list(nodes)
 
     def cancel(self, deployment_id: str, reason: str = "cancelled by user") -> bool:
         """Cancel a running deployment."""
@@ -177,8 +204,23 @@ class Daemon:
 
     def reboot(self, nodes: Sequence[Node], level: RebootLevel) -> list[RebootResult]:
         """Reboot ``nodes`` at ``level`` (or the next configured one) and wait for every answer
-        (bounded); one result per node, in order. Called from an API thread."""
-        return self._power_requests(nodes, RebootLevel(level))
+        (bounded); one result per node, in order. Called from an API thread.
+
+        A reboot command that fails is followed at once by the next stronger one (soft, hard,
+        very hard), its failure kept in the result's message as the evidence."""
+        results = self._power_requests(nodes, RebootLevel(level))
+        for _round in LEVELS[1:]:
+            failed: dict[RebootLevel, list[int]] = {}
+            for index, result in enumerate(results):
+                if (stronger := _escalation(nodes[index], result)) is not None:
+                    failed.setdefault(stronger, []).append(index)
+            for stronger, indexes in failed.items():
+                again = self._power_requests([nodes[i] for i in indexes], stronger)
+                for index, result in zip(indexes, again, strict=True):
+                    evidence = results[index].message
+                    message = f"{evidence}; escalated: {result.message}"
+                    results[index] = dataclasses.replace(result, message=message)
+        return results
 
     def set_pxe(
         self, nodes: Sequence[Node], profile: UserProfile, files: Mapping[str, Path]
@@ -281,7 +323,9 @@ class Daemon:
         wait), then the actors stop in reverse order."""
         reader = self.reader()
         try:
-            running = reader.running()
+            # A tree that gave up has no NodeSupervisor left to cancel through (its last act
+            # was to cancel them): nobody would record an end that this loop could wait for.
+            running = reader.running() if self.supervisor.wait(0) is None else []
             for deployment_id in running:
                 try:
                     self.cancel(deployment_id, STOPPING)
@@ -294,6 +338,7 @@ class Daemon:
         finally:
             reader.close()
         outcome = self.supervisor.stop()
+        self.workers.shutdown()
         with Store.open(self.database) as store:
             left = store.mark_interrupted(STOPPING)
         if left:
@@ -304,3 +349,10 @@ class Daemon:
         for ref in pykka.ActorRegistry.get_all():
             logger.error("actor still alive after shutdown (a bug): %s", ref)
         return outcome
+
+
+def _escalation(node: Node, result: RebootResult) -> RebootLevel | None:
+    """The reboot to run after ``result``, a reboot whose command ran and failed."""
+    if result.ok or result.cancelled or result.command is None:
+        return None
+    return stronger_level(node.settings.power, RebootLevel(result.operation))

@@ -14,7 +14,7 @@ import pytest
 from api_fixtures import RunningApi, error_of, serving_api, wait_finished
 from daemon_fixtures import stop_all_actors
 
-from kadeployd.api.block_devices import block_device_problem
+from kadeployd.admission import block_device_problem
 from kadeployd.config import DiskSettings
 
 __all__ = ["stop_all_actors"]

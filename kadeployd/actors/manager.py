@@ -1,10 +1,10 @@
 """DeploymentManager: one per deployment; starts its node actors and decides the outcome.
 
 It prepares what all nodes share (the environment's kernel and initrd, published once on the
-TFTP server, read in a worker thread so the manager stays responsive), starts one NodeActor per
-node, counts their final states, and ends the deployment when every node finished, as soon as
-``min_nodes`` are deployed (the stragglers are aborted with "min nodes reached"), or as soon as
-``min_nodes`` can no longer be reached.
+TFTP server, read on the daemon's file-work pool so the manager stays responsive), starts one
+NodeActor per node, counts their final states, and ends the deployment when every node
+finished, as soon as ``min_nodes`` are deployed (the stragglers are aborted with "min nodes
+reached"), or as soon as ``min_nodes`` can no longer be reached.
 """
 
 from __future__ import annotations
@@ -16,25 +16,26 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pykka
 
+from kadeploy_core.errors import KadeployError
+from kadeploy_core.machine import NodeState
 from kadeployd.actors import directory
 from kadeployd.actors.chain_rounds import ChainRounds
 from kadeployd.actors.chain_transfer import ChainTransfer
 from kadeployd.actors.directory import Directory
-from kadeployd.actors.node import NodeActor
+from kadeployd.actors.node import AbortNode, NodeActor, StartNode
 from kadeployd.chain import ChainResult, Hop
 from kadeployd.config import Config
 from kadeployd.environment import ImageKind, read_boot_files
-from kadeployd.errors import KadeployError
+from kadeployd.runtime import TimerHandle, Workers
 from kadeployd.store.records import LogStream
 from kadeployd.store.writes import AppendLog, FinishDeployment, FinishNode
+from kadeployd.supervision import SupervisedActor
 from kadeployd.workflow.job import BootFilesRef, DeploymentJob
-from kadeployd.workflow.operations import publishes_boot_files
 from kadeployd.workflow.outcome import Tally, Verdict
-from kadeployd.workflow.states import NodeState
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,38 @@ class DeploymentOutcome:
     nodes: dict[str, NodeState]
 
 
+class ManagerReports(Protocol):
+    """What a DeploymentManager tells its node supervisor (tell up: none of these waits).
+
+    From these reports alone the supervisor knows what to clear if the manager crashes: the
+    actors to stop and the nodes still held. It never asks a crashed manager anything."""
+
+    def children(self, deployment_id: str, refs: tuple[pykka.ActorRef[Any], ...]) -> None:
+        """The manager started these actors (its NodeActors, a round's ChainTransfer)."""
+        ...
+
+    def node_released(self, deployment_id: str, node: str) -> None:
+        """``node`` reached its final state: the deployment no longer holds it."""
+        ...
+
+    def finished(self, outcome: DeploymentOutcome) -> None:
+        """The deployment ended. Told before its record is closed, so that whoever reads the
+        record closed finds its nodes free."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerCensus:
+    """What a running manager tells a restarted node supervisor about its deployment."""
+
+    job: DeploymentJob
+    config: Config
+    finished: frozenset[str]
+    """Nodes that reached a final state."""
+    children: tuple[pykka.ActorRef[Any], ...]
+    """Its live NodeActors and ChainTransfer."""
+
+
 @dataclass(frozen=True, slots=True)
 class _GatherOver:
     """The forming chain round waited its gather window: start it with the ready nodes."""
@@ -69,41 +102,45 @@ class _Prepared:
     error: str | None
 
 
-class DeploymentManager(pykka.ThreadingActor):
-    """Runs one deployment. Public methods are its message API."""
+class DeploymentManager(SupervisedActor):
+    """Runs one deployment. Public methods are its message API.
+
+    Linked to its NodeSupervisor (kadeployd/supervision/links.py): an exception in a told
+    message ends it with a failure report, and the supervisor clears what it leaves."""
 
     def __init__(
         self,
         job: DeploymentJob,
         config: Config,
         services: Directory,
-        on_done: Callable[[DeploymentOutcome], None],
+        workers: Workers,
+        reports: ManagerReports,
     ) -> None:
         super().__init__()
         self._job = job
         self._config = config
         self._services = services
-        self._on_done = on_done
+        self._workers = workers
+        self._reports = reports
         self._tally = Tally(job.nodes, job.request.min_nodes)
         self._nodes: dict[str, pykka.ActorRef[Any]] = {}
         self._decided: tuple[Verdict, str] | None = None
         self._slots = threading.BoundedSemaphore(config.daemon.direct_transfer_window)
         self._rounds = ChainRounds(job.nodes)
         self._chain: pykka.ActorRef[Any] | None = None
-        self._gather_timer: threading.Timer | None = None
+        self._gather_timer: TimerHandle | None = None
         self._round_started = 0.0
 
     # ------------------------------------------------------------ message API
 
     def on_start(self) -> None:
-        """Prepare the boot files in a worker thread; the nodes start when they are ready."""
-        threading.Thread(
-            target=self._prepare, name=f"prepare-{self._job.deployment_id}", daemon=True
-        ).start()
+        """Prepare the boot files on the file-work pool; the nodes start when they are ready."""
+        self._workers.files.submit(self._prepare)
 
     def node_finished(self, node: str, state: NodeState) -> None:
         """A node actor reached a final state (told by the node)."""
         self._tally.record(node, state)
+        self._reports.node_released(self._job.deployment_id, node)
         self._nodes.pop(node, None)
         self._rounds.leave(node)
         self._decide()
@@ -149,6 +186,17 @@ class DeploymentManager(pykka.ThreadingActor):
         """Final states known so far, by node."""
         return {node: state.value for node, state in self._tally.finished.items()}
 
+    def census(self) -> ManagerCensus:
+        """The deployment, its finished nodes and its live children (asked by a restarted
+        NodeSupervisor)."""
+        chain = (self._chain,) if self._chain is not None else ()
+        return ManagerCensus(
+            self._job,
+            self._config,
+            frozenset(self._tally.finished),
+            tuple(self._nodes.values()) + chain,
+        )
+
     def on_receive(self, message: Any) -> Any:
         """The prepared boot files (worker thread); the end of a gather window (timer)."""
         match message:
@@ -163,6 +211,7 @@ class DeploymentManager(pykka.ThreadingActor):
         if self._gather_timer is not None:
             self._gather_timer.cancel()
         self._abort_all("daemon stopping")
+        super().on_stop()
 
     # ------------------------------------------------------------ internals
 
@@ -178,7 +227,7 @@ class DeploymentManager(pykka.ThreadingActor):
             self.actor_ref.tell(message)
 
     def _publish_boot_files(self) -> BootFilesRef | None:
-        if not publishes_boot_files(self._job):
+        if not self._job.publishes_boot_files:
             return None  # deploy_env boots the deploy kernel, a recorded dd env its partition
         environment = self._job.environment
         if not environment.image.file.is_file():
@@ -208,21 +257,29 @@ class DeploymentManager(pykka.ThreadingActor):
             return
         job = dataclasses.replace(self._job, boot_files=prepared.boot_files)
         proxy = self.actor_ref.proxy()
-        for name in job.nodes:
-            ref = NodeActor.start(job, self._config.nodes[name], self._services, proxy, self._slots)
-            self._nodes[name] = ref
+        try:
+            for name in job.nodes:
+                ref = NodeActor.start(
+                    job,
+                    self._config.nodes[name],
+                    self._services,
+                    proxy,
+                    workers=self._workers,
+                    transfer_slots=self._slots,
+                )
+                self._nodes[name] = ref
+        finally:  # even if a start fails: the supervisor must know whom to stop
+            self._reports.children(self._job.deployment_id, tuple(self._nodes.values()))
         for ref in self._nodes.values():
-            ref.proxy().start_deployment()
+            ref.tell(StartNode())
 
     def _maybe_start_round(self, window_over: bool = False) -> None:
-        if self._chain is not None or self._decided is not None:
-            return
-        if self._rounds.forming and self._gather_timer is None:
-            self._gather_timer = threading.Timer(
-                self._config.daemon.chain_gather_window, self._tell_self, args=(_GatherOver(),)
+        if self._chain is not None or self._decided is not None or not self._rounds.forming:
+            return  # (no node waits for a round: nothing to look at, whatever the node count)
+        if self._gather_timer is None:
+            self._gather_timer = self._workers.timers.call_later(
+                self._config.daemon.chain_gather_window, lambda: self._tell_self(_GatherOver())
             )
-            self._gather_timer.daemon = True
-            self._gather_timer.start()
         hops = self._rounds.start_if_complete(self._tally.unfinished, window_over=window_over)
         if hops:
             if self._gather_timer is not None:
@@ -234,6 +291,7 @@ class DeploymentManager(pykka.ThreadingActor):
             self._chain = ChainTransfer.start(
                 self._job.image, hops, self._rounds.running_secret, self.actor_ref.proxy()
             )
+            self._reports.children(self._job.deployment_id, (self._chain,))
 
     def _round_summary(self, result: ChainResult | None, error: str | None) -> str:
         seconds = time.monotonic() - self._round_started
@@ -274,23 +332,24 @@ class DeploymentManager(pykka.ThreadingActor):
     def _abort_all(self, reason: str) -> None:
         for ref in list(self._nodes.values()):
             try:
-                ref.proxy().abort(reason)
+                ref.tell(AbortNode(reason))
             except pykka.ActorDeadError:
                 continue
 
     def _maybe_end(self) -> None:
-        if self._decided is None or self._tally.unfinished:
+        if self._decided is None or self._tally.unfinished_count:
             return
         verdict, reason = self._decided
-        # The nodes' final states reached the store's mailbox before they told this manager,
-        # so this write comes after them (FIFO) and aborts no node that had finished.
-        write = FinishDeployment(self._job.deployment_id, verdict.value, reason)
-        directory.send(self._services, directory.STORE, write)
         outcome = DeploymentOutcome(
             self._job.deployment_id, verdict, reason, dict(self._tally.finished)
         )
         logger.info("deployment %s %s: %s", self._job.deployment_id, verdict, reason)
         try:
-            self._on_done(outcome)
+            # First the supervisor (the nodes are free), then the record (the end is news).
+            self._reports.finished(outcome)
+            # The nodes' final states reached the store's mailbox before they told this
+            # manager, so this write comes after them (FIFO) and aborts no finished node.
+            write = FinishDeployment(self._job.deployment_id, verdict.value, reason)
+            directory.send(self._services, directory.STORE, write)
         finally:
             self.actor_ref.stop(block=False)

@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kadeploy_core.errors import ConfigError
 from kadeployd.api.tokens import TokenStore
 from kadeployd.api.uploads import UploadStore
 from kadeployd.config import Config
 from kadeployd.daemon import Daemon
-from kadeployd.errors import ConfigError
 from kadeployd.store.reader import StoreReader
 
 logger = logging.getLogger(__name__)
@@ -55,8 +55,6 @@ class ApiContext:
         self.anonymous_dir = state_dir / ANONYMOUS_DIR
         for directory in (self.environments_dir, self.anonymous_dir):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.deploy_lock = threading.Lock()
-        """Held from the rights and busy-node checks to the deployment's creation."""
         self.stopping = threading.Event()
         """Set when the server stops: event streams end."""
 

@@ -25,9 +25,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from kadeploy_core.errors import InputError, KadeployError, Problem
 from kadeployd.actors.directory import ServiceUnavailable
-from kadeployd.actors.node_supervisor import DeploymentRefused
-from kadeployd.errors import InputError, KadeployError, Problem
+from kadeployd.admission import AdmissionRefused, Refusal
 from kadeployd.store.catalogue import EnvironmentExists, UnknownEnvironment
 from kadeployd.store.errors import InvalidRecord, StoreError, UnknownDeployment, UnknownNode
 
@@ -131,6 +131,17 @@ def validation_problems(exc: RequestValidationError) -> list[Problem]:
     ]
 
 
+_REFUSAL_STATUS = {
+    Refusal.UNKNOWN_NODE: 422,
+    Refusal.INVALID_BLOCK_DEVICE: 422,
+    Refusal.INCOMPATIBLE_ENVIRONMENT: 422,
+    Refusal.INVALID_REQUEST: 422,
+    Refusal.NO_RIGHT: 403,
+    Refusal.NODE_BUSY: 409,
+}
+"""The answer to each kind of admission refusal; its code is the kind's value."""
+
+
 def _store_error(exc: StoreError) -> JSONResponse:
     if isinstance(exc, UnknownDeployment):
         return error_response(404, "unknown_deployment", str(exc))
@@ -162,8 +173,9 @@ def _from_exception(exc: BaseException) -> JSONResponse:
             code = _HTTP_CODES.get(exc.status_code, "http_error")
             headers = dict(exc.headers) if exc.headers else None
             return error_response(exc.status_code, code, str(exc.detail), (), headers)
-        case DeploymentRefused():
-            return error_response(422, "deployment_refused", str(exc), exc.problems)
+        case AdmissionRefused():
+            status = _REFUSAL_STATUS[exc.kind]
+            return error_response(status, exc.kind.value, exc.message, exc.problems)
         case InputError():
             return error_response(422, "invalid_input", str(exc), exc.problems)
         case StoreError():

@@ -10,13 +10,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Response
 
-from kadeployd.api import custom_steps, environments
-from kadeployd.api.auth import Caller, CallerDep, Context
-from kadeployd.api.block_devices import check_block_device
-from kadeployd.api.context import ApiContext
-from kadeployd.api.convert import deployment_out, history_out, node_state_out
-from kadeployd.api.errors import ApiError
-from kadeployd.api.models import (
+from kadeploy_core.schemas import (
     MAX_KEYS,
     CancelRequest,
     DeploymentCreate,
@@ -25,12 +19,13 @@ from kadeployd.api.models import (
     NodeDetailOut,
     NodeStateOut,
 )
-from kadeployd.api.node_checks import refuse_busy, unknown_node
+from kadeployd.api import custom_steps, environments
+from kadeployd.api.auth import Caller, CallerDep, Context
+from kadeployd.api.context import ApiContext
+from kadeployd.api.convert import deployment_out, history_out, node_state_out
+from kadeployd.api.errors import ApiError
 from kadeployd.api.responses import ERRORS
 from kadeployd.api.uploads import UploadError, UploadInfo
-from kadeployd.config import DiskSettings
-from kadeployd.environment import EnvironmentDescription
-from kadeployd.errors import Problem
 from kadeployd.workflow.job import DeploymentRequest
 
 logger = logging.getLogger(__name__)
@@ -47,9 +42,9 @@ LogLimit = Annotated[int, Query(ge=1, le=100_000)]
 def create_deployment(
     body: DeploymentCreate, context: Context, caller: CallerDep, response: Response
 ) -> DeploymentOut:
-    """Deploy an environment (registered, or anonymous from uploads) on nodes."""
-    nodes = _check_nodes(context, body.nodes)
-    check_block_device(context, nodes, body.block_device, body.partition)
+    """Deploy an environment (registered, or anonymous from uploads) on nodes. The daemon's
+    NodeSupervisor admits it (nodes, disk, clusters, rights, busy nodes, min_nodes); a refusal
+    is answered by kadeployd/api/errors.py."""
     breakpoint = custom_steps.check_breakpoint(body.breakpoint)
     steps = custom_steps.check_custom_steps(body.custom_steps) if body.custom_steps else None
     keys = _keys(context, caller, body)
@@ -78,11 +73,10 @@ def create_deployment(
             assert body.environment is not None
             record = environments.resolve(context, caller, body.environment)
             env = environments.description_of(context, record)
-        _check_clusters(context, env, nodes)
         request = DeploymentRequest(
             user=caller.user,
             environment=env,
-            nodes=tuple(nodes),
+            nodes=tuple(body.nodes),
             authorized_keys=keys,
             min_nodes=body.min_nodes,
             deploy_partition=body.partition,
@@ -91,15 +85,9 @@ def create_deployment(
             breakpoint=breakpoint,
             custom_steps=steps,
         )
-        with context.deploy_lock:
-            _check_rights(context, caller, nodes, body.partition, body.block_device)
-            if not body.force:
-                refuse_busy(
-                    context, nodes, "already in a running deployment; use force to deploy anyway"
-                )
-            deployment_id = context.daemon.deploy(request)
-            started = True
-            _tidy_after_start(context, deployment_id, anonymous_dir, steps_dir)
+        deployment_id = context.daemon.deploy(request, force=body.force, caller=caller.user)
+        started = True
+        _tidy_after_start(context, deployment_id, anonymous_dir, steps_dir)
     except BaseException:
         if started:  # the deployment runs: its files stay
             raise
@@ -200,21 +188,6 @@ def cancel_deployment(
 # ------------------------------------------------------------------ checks
 
 
-def _check_nodes(context: ApiContext, names: list[str]) -> list[str]:
-    known = context.config.nodes
-    problems = []
-    seen: set[str] = set()
-    for index, name in enumerate(names):
-        if name in seen:
-            problems.append(Problem("request", f"node {name} is listed twice", f"nodes[{index}]"))
-        seen.add(name)
-        if name not in known:
-            problems.append(unknown_node(name, index, known))
-    if problems:
-        raise ApiError(422, "unknown_node", problems[0].message, problems)
-    return names
-
-
 def _keys(context: ApiContext, caller: Caller, body: DeploymentCreate) -> str:
     text = body.authorized_keys
     if body.authorized_keys_upload is not None:
@@ -228,65 +201,6 @@ def _keys(context: ApiContext, caller: Caller, body: DeploymentCreate) -> str:
             422, "invalid_keys", "authorized_keys must be text lines without control characters"
         )
     return text
-
-
-def _check_clusters(context: ApiContext, env: EnvironmentDescription, nodes: list[str]) -> None:
-    problems = [
-        Problem(
-            "request",
-            f"environment {env.name} does not run on cluster {context.config.nodes[n].cluster} "
-            f"of {n} (its clusters: {', '.join(env.clusters or ())})",
-            f"nodes[{i}]",
-        )
-        for i, n in enumerate(nodes)
-        if not env.runs_on(context.config.nodes[n].cluster)
-    ]
-    if problems:
-        raise ApiError(422, "incompatible_environment", problems[0].message, problems)
-
-
-def rights_key(disk: DiskSettings, partition: int | None, block_device: str | None) -> str:
-    """The partition key of a right to deploy on ``disk``: the partition number (``-p`` or
-    the configured one), or with a block device (``-b``) the deploy partition's device path,
-    such as ``/dev/sdb3``: a right on partition 3 of the usual disk is none on another disk."""
-    number = partition or disk.deploy_partition
-    if block_device is None:
-        return str(number)
-    return disk.model_copy(update={"block_device": block_device}).partition_path(number)
-
-
-def _check_rights(
-    context: ApiContext,
-    caller: Caller,
-    nodes: list[str],
-    partition: int | None,
-    block_device: str | None = None,
-) -> None:
-    if caller.admin:
-        return
-    wanted = [
-        (n, rights_key(context.config.nodes[n].settings.disk, partition, block_device))
-        for n in nodes
-    ]
-    missing = context.reader.nodes_without_right(caller.user, wanted)
-    if missing:
-        problems = [
-            Problem("request", f"{caller.user} has no right to deploy {n} (partition {p})", "nodes")
-            for n, p in missing
-        ]
-        device_note = (
-            f" (with block_device {block_device}, a right on the partition's device path, "
-            f"such as {missing[0][1]}, or on * is needed)"
-            if block_device is not None
-            else ""
-        )
-        raise ApiError(
-            403,
-            "no_right",
-            f"no right to deploy {', '.join(n for n, _ in missing)}{device_note}; "
-            f"an administrator grants rights with karights",
-            problems,
-        )
 
 
 def _tidy_after_start(

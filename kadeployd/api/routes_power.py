@@ -4,7 +4,8 @@ Both run the nodes' configured power commands through the RebootActor and answer
 node's command ended or its time ran out (the route waits in the server's thread pool,
 bounded; never in an actor): one result per node, HTTP 200 even when some failed, so that a
 client sees each node's outcome. A user needs a right on every node (any partition), as for
-deployments, and a node that a running deployment holds is refused unless ``force``.
+deployments, and a node that a running deployment holds is refused unless ``force``: the
+daemon's NodeSupervisor decides (kadeployd/admission), the route only asks it.
 
 The kinds of reboot (Kadeploy3's kareboot ``-r``):
 
@@ -27,21 +28,19 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from kadeploy_core.errors import InputError, Problem
+from kadeploy_core.schemas import DeploymentOut, EnvironmentRef, FileName, NodeName, UploadId
 from kadeployd.api import environments
 from kadeployd.api.auth import Caller, CallerDep, Context
 from kadeployd.api.context import ApiContext
 from kadeployd.api.convert import deployment_out
 from kadeployd.api.errors import ApiError
-from kadeployd.api.models import DeploymentOut, EnvironmentRef, FileName, NodeName, UploadId
-from kadeployd.api.node_checks import refuse_busy, require_known
 from kadeployd.api.responses import ERRORS
 from kadeployd.config import Node
 from kadeployd.environment import EnvironmentDescription
-from kadeployd.errors import InputError, Problem
 from kadeployd.pxe.errors import PxeError
 from kadeployd.pxe.user_profiles import MAX_FILES, MAX_PROFILE_BYTES, UserProfile, check_profile
 from kadeployd.reboot import PowerAction, RebootLevel, RebootResult
-from kadeployd.store.rights import ANY
 from kadeployd.workflow.job import DeploymentRequest, NoEnvironment, Operation
 
 logger = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ class PowerResultOut(BaseModel):
 @router.post("/power", response_model=list[PowerResultOut])
 def power(body: PowerRequestIn, context: Context, caller: CallerDep) -> list[PowerResultOut]:
     """Power nodes on or off, or read their power state (``status``)."""
-    nodes = _checked_nodes(context, caller, body.nodes, body.force, f"power {body.action}")
+    nodes = context.daemon.check_nodes(caller.user, body.nodes, f"power {body.action}", body.force)
     results = context.daemon.power(nodes, PowerAction(body.action))
     logger.info("%s: power %s of %d nodes", caller.user, body.action, len(nodes))
     return [_out(r) for r in results]
@@ -133,7 +132,7 @@ def reboot(
         response.status_code = 202
         response.headers["Location"] = f"/v1/deployments/{view.id}"
         return view
-    nodes = _checked_nodes(context, caller, body.nodes, body.force, "reboot")
+    nodes = context.daemon.check_nodes(caller.user, body.nodes, "reboot", body.force)
     if body.kind == "set_pxe":
         assert body.profile is not None
         _set_pxe(context, caller, nodes, _profile(body.profile, caller), body.files)
@@ -201,78 +200,32 @@ def _set_pxe(
 
 
 def _start_operation(body: RebootRequestIn, context: ApiContext, caller: Caller) -> DeploymentOut:
-    """Start a deploy_env or recorded_env operation; its deployment document. The rights
-    and busy nodes are checked before the environment: a user without a right learns that,
-    not whether an environment exists (and the lock makes the busy check and the start one)."""
-    require_known(context.config.nodes, body.nodes)
+    """Start a deploy_env or recorded_env operation; its deployment document. The nodes are
+    checked (known, rights, busy) before the environment is looked up, so that a user without a
+    right learns that, not whether an environment exists; the NodeSupervisor admits the
+    operation again, with the environment's clusters, as it starts it."""
+    nodes = context.daemon.check_nodes(caller.user, body.nodes, "reboot", body.force)
     target: EnvironmentDescription | NoEnvironment = NoEnvironment(name="deploy_env")
     operation = Operation.DEPLOY_ENV
-    with context.deploy_lock:
-        nodes = _checked_nodes(context, caller, body.nodes, body.force, "reboot")
-        if body.kind == "recorded_env":
-            assert body.environment is not None
-            record = environments.resolve(context, caller, body.environment)
-            target = environments.description_of(context, record)
-            operation = Operation.RECORDED_ENV
-            _check_clusters(context, target, body.nodes)
-        request = DeploymentRequest(
-            user=caller.user,
-            environment=target,
-            nodes=tuple(n.name for n in nodes),
-            deploy_partition=body.partition,
-            anonymous=False,
-            operation=operation,
-            reboot_level=RebootLevel(body.level),
-        )
-        deployment_id = context.daemon.deploy(request)
+    if body.kind == "recorded_env":
+        assert body.environment is not None
+        record = environments.resolve(context, caller, body.environment)
+        target = environments.description_of(context, record)
+        operation = Operation.RECORDED_ENV
+    request = DeploymentRequest(
+        user=caller.user,
+        environment=target,
+        nodes=tuple(body.nodes),
+        deploy_partition=body.partition,
+        anonymous=False,
+        operation=operation,
+        reboot_level=RebootLevel(body.level),
+    )
+    deployment_id = context.daemon.deploy(request, force=body.force, caller=caller.user)
     logger.info("%s: %s of %d nodes: %s", caller.user, body.kind, len(nodes), deployment_id)
     return deployment_out(
         context.reader.deployment(deployment_id), context.reader.nodes(deployment_id)
     )
-
-
-def _check_clusters(context: ApiContext, env: EnvironmentDescription, names: list[str]) -> None:
-    """422 for a node of a cluster the environment does not run on."""
-    known = context.config.nodes
-    problems = [
-        Problem(
-            "request",
-            f"environment {env.name} does not run on cluster {known[n].cluster} of {n} "
-            f"(its clusters: {', '.join(env.clusters or ())})",
-            f"nodes[{i}]",
-        )
-        for i, n in enumerate(names)
-        if not env.runs_on(known[n].cluster)
-    ]
-    if problems:
-        raise ApiError(422, "incompatible_environment", problems[0].message, problems)
-
-
-def _checked_nodes(
-    context: ApiContext, caller: Caller, names: list[str], force: bool, what: str
-) -> list[Node]:
-    """The configured nodes named (unknown: 422 with suggestions), if ``caller`` holds a right
-    on each (403 otherwise) and none is in a running deployment (409, unless ``force``)."""
-    known = context.config.nodes
-    require_known(known, names)
-    unique = list(dict.fromkeys(names))
-    if not caller.admin:
-        held = {r.node for r in context.reader.rights(user=caller.user)}
-        refused = [n for n in unique if n not in held and ANY not in held]
-        if refused:
-            raise ApiError(
-                403,
-                "no_right",
-                f"no right to {what} {', '.join(refused)}; "
-                "an administrator grants rights with karights",
-                [
-                    Problem("request", f"{caller.user} has no right on {n}", "nodes")
-                    for n in refused
-                ],
-            )
-    if not force:
-        refuse_busy(context, unique, f"in a running deployment; use force to {what} anyway")
-    return [known[n] for n in unique]
 
 
 def _out(result: RebootResult) -> PowerResultOut:

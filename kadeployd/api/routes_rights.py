@@ -8,16 +8,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from kadeployd.api.auth import CallerDep, Context, require_admin
-from kadeployd.api.errors import ApiError
-from kadeployd.api.models import (
+from kadeploy_core.schemas import (
     MAX_DEVICE,
     PartitionOrAny,
     RightOut,
     RightsChange,
     RightsGrant,
 )
-from kadeployd.api.node_checks import require_known
+from kadeployd.admission import known_nodes
+from kadeployd.api.auth import CallerDep, Context, require_admin
+from kadeployd.api.errors import ApiError
 from kadeployd.api.responses import ERRORS
 from kadeployd.store.rights import ANY
 
@@ -48,7 +48,7 @@ def list_rights(
 def grant_rights(body: RightsGrant, context: Context, caller: CallerDep) -> RightsChange:
     """Grant ``user`` the right to deploy ``nodes`` (or ``*``) on ``partitions`` (or ``*``)."""
     require_admin(caller, "grant rights")
-    require_known(context.config.nodes, body.nodes, wildcard=ANY)
+    known_nodes(body.nodes, context.config.nodes, merge_repeats=True, wildcard=ANY)
     added: int = context.daemon.store_call(
         lambda s: s.grant_rights(body.user, body.nodes, body.partitions)
     )

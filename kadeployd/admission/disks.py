@@ -1,28 +1,40 @@
-"""Whether a request's ``block_device`` (kadeploy -b) fits the nodes' partition naming.
+"""The disk a request writes to: whether its ``block_device`` (kadeploy -b) fits the nodes'
+partition naming, and the partition key of the right it needs.
 
 With ``-b`` the deploy partition's path is the node's ``disk.partition_device`` template
 filled with the given device; that path is both the device written to and the key of the
-right checked (see routes_deployments.rights_key). So it must name one partition of that
-disk and nothing else. With the usual ``{block_device}{partition}``, a device ending in a
-digit is ambiguous (``/dev/sda1`` partition 3 and ``/dev/sda`` partition 13 are both
-``/dev/sda13``) or wrong (``/dev/nvme0n1`` partition 3 is ``/dev/nvme0n1p3``, not
-``/dev/nvme0n13``); and the names under ``/dev/disk/`` (by-id, by-path...) name their
-partitions ``NAME-partN``, which only a template joining with ``-part`` gives."""
+right checked (:func:`rights_key`). So it must name one partition of that disk and nothing
+else. With the usual ``{block_device}{partition}``, a device ending in a digit is ambiguous
+(``/dev/sda1`` partition 3 and ``/dev/sda`` partition 13 are both ``/dev/sda13``) or wrong
+(``/dev/nvme0n1`` partition 3 is ``/dev/nvme0n1p3``, not ``/dev/nvme0n13``); and the names
+under ``/dev/disk/`` (by-id, by-path...) name their partitions ``NAME-partN``, which only a
+template joining with ``-part`` gives.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
-from kadeployd.api.context import ApiContext
-from kadeployd.api.errors import ApiError
-from kadeployd.config import DiskSettings
-from kadeployd.errors import Problem
+from kadeploy_core.errors import Problem
+from kadeployd.admission.refusal import AdmissionRefused, Refusal
+from kadeployd.config import DiskSettings, Node
 
 logger = logging.getLogger(__name__)
 
 _BLOCK = "{block_device}"
 _JOINED = "{block_device}{partition}"
 _UDEV_JOINED = "{block_device}-part{partition}"
+
+
+def rights_key(disk: DiskSettings, partition: int | None, block_device: str | None) -> str:
+    """The partition key of a right to deploy on ``disk``: the partition number (``-p`` or
+    the configured one), or with a block device (``-b``) the deploy partition's device path,
+    such as ``/dev/sdb3``: a right on partition 3 of the usual disk is none on another disk."""
+    number = partition or disk.deploy_partition
+    if block_device is None:
+        return str(number)
+    return disk.model_copy(update={"block_device": block_device}).partition_path(number)
 
 
 def block_device_problem(
@@ -57,25 +69,24 @@ def block_device_problem(
     return None
 
 
-def check_block_device(
-    context: ApiContext, nodes: list[str], device: str | None, partition: int | None
-) -> None:
-    """422 ``invalid_block_device`` naming ``block_device`` when ``device`` does not fit the
-    partition naming of one of ``nodes`` (one problem per distinct reason, with its nodes)."""
+def check_block_device(nodes: Sequence[Node], device: str | None, partition: int | None) -> None:
+    """Refuse (INVALID_BLOCK_DEVICE, naming ``block_device``) a ``device`` that does not fit
+    the partition naming of one of ``nodes``: one problem per distinct reason, with its
+    nodes."""
     if device is None:
         return
     reasons: dict[str, list[str]] = {}
-    for name in nodes:
-        reason = block_device_problem(context.config.nodes[name].settings.disk, device, partition)
+    for node in nodes:
+        reason = block_device_problem(node.settings.disk, device, partition)
         if reason is not None:
-            reasons.setdefault(reason, []).append(name)
+            reasons.setdefault(reason, []).append(node.name)
     if not reasons:
         return
     problems = [
         Problem("request", f"block_device {device} on {_some(names)}: {reason}", "block_device")
         for reason, names in reasons.items()
     ]
-    raise ApiError(422, "invalid_block_device", problems[0].message, problems)
+    raise AdmissionRefused(Refusal.INVALID_BLOCK_DEVICE, problems[0].message, problems)
 
 
 def _some(names: list[str], shown: int = 5) -> str:
