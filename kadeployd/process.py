@@ -11,33 +11,43 @@ a stale pid: the lock dies with the process.
 
 Signals (main thread): SIGTERM and SIGINT stop in order (API last, so event streams carry the
 aborted deployments' end), SIGHUP reloads the configuration, SIGUSR1 logs every thread's stack.
+
+The end is certain. When the supervision tree gives up (restart intensity exceeded, or the top
+supervisor crashed), the main loop sees it within a second and stops the daemon in order with
+exit status 1, so that the service manager starts a new one. Once a stop begins the process
+has EXIT_DEADLINE seconds to end (SIGALRM, then status 1), and if non-daemon threads are still
+running after the orderly stop, it ends at once with status 1 (:func:`exit_process`) instead
+of waiting for them, without its pidfile, where ``kadeploy-server stop`` could not find it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import fcntl
 import logging
+import math
 import os
 import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pykka.debug
 from pydantic import ValidationError
 
+from kadeploy_core.errors import ConfigError, KadeployError
+from kadeploy_core.yamldoc import YamlLoadError, load_yaml_file
 from kadeployd.api import ApiContext, ApiServer, ServerStatus, create_app
 from kadeployd.config import Config, DaemonSettings, load_config
 from kadeployd.daemon import Daemon
-from kadeployd.errors import ConfigError, KadeployError
-from kadeployd.yamldoc import YamlLoadError, load_yaml_file
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +56,11 @@ LOGFILE = "kadeployd.log"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 120.0
 ABORT_TIMEOUT = 30.0
+EXIT_DEADLINE = 110.0
+"""Seconds from the start of the daemon's stop to the end of its process, whatever hangs: the
+orderly stop's own bounds (deployments aborted, actors stopped in reverse order, the API)
+fit in it, and it ends before ``kadeploy-server stop`` gives up (STOP_TIMEOUT) and before
+systemd kills the unit (TimeoutStopSec=120 in conf/kadeployd.service)."""
 STOPPING = "daemon stopping"
 _LOG_FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
 
@@ -157,6 +172,65 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format=_LOG_FORMAT, force=True)
 
 
+def serve_until_stopped(conf_dir: Path, config: Config, echo: Callable[[str], None]) -> NoReturn:
+    """``start --foreground``: run the daemon in this process until it stops, then end the
+    process with its exit status, certainly (see :func:`exit_process`): non-zero when the
+    supervision tree gave up, so that the service manager starts a new one."""
+    try:
+        code = run_foreground(conf_dir, config, echo)
+    except BaseException:  # whatever it is, the process must end and say it failed
+        logger.exception("kadeploy-server failed")
+        code = 1
+    exit_process(code)
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with ``code``.
+
+    Python's own exit waits, forever, for every non-daemon thread: after the orderly stop,
+    one still running (an actor that did not stop, a thread stuck in a call) would keep alive
+    a daemon that already logged its stop and released its pidfile, where ``kadeploy-server
+    stop`` cannot find it. So if any remains, it is logged and the process ends at once,
+    with status 1 (the stop was not clean)."""
+    left = sorted(
+        thread.name
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread() and not thread.daemon and thread.is_alive()
+    )
+    if left:
+        logger.error(
+            "threads still running after the stop (a bug): %s; exiting now", ", ".join(left)
+        )
+        _exit_now(1)
+    logging.shutdown()
+    sys.exit(code)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """``os._exit`` after flushing what was logged and printed."""
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _arm_exit_deadline(seconds: float) -> None:
+    """From now on this process ends within ``seconds``, whatever hangs: SIGALRM then dumps
+    every thread's stack to stderr and exits with status 1. A signal, not a watchdog thread:
+    a daemon that is dying may be one that cannot start threads any more."""
+
+    def expired(number: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"kadeploy-server: still not stopped after {seconds:.0f} s\n")
+            faulthandler.dump_traceback(all_threads=True)
+        _exit_now(1)
+
+    signal.signal(signal.SIGALRM, expired)
+    signal.alarm(math.ceil(seconds))
+
+
 def run_foreground(conf_dir: Path, config: Config, echo: Callable[[str], None]) -> int:
     """Run the daemon in this process until SIGTERM/SIGINT; the exit status."""
     configure_logging(config.daemon.log_level)
@@ -194,6 +268,7 @@ def _serve(conf_dir: Path, echo: Callable[[str], None]) -> int:
     try:
         code = _main_loop(daemon, context, api)
     finally:
+        _arm_exit_deadline(EXIT_DEADLINE)
         logger.info("stopping: running deployments are aborted")
         try:
             outcome = daemon.stop()

@@ -17,11 +17,11 @@ from typing import Any
 
 import click
 
+from kadeploy_core.errors import ConfigError, KadeployError
+from kadeploy_core.suggest import did_you_mean
 from kadeployd import __version__, process
 from kadeployd.api import TokenStore, tokenfile
 from kadeployd.config import Config, DaemonSettings, load_config
-from kadeployd.errors import ConfigError, KadeployError
-from kadeployd.suggest import did_you_mean
 
 _SECRET = re.compile(r"(password|secret|token)(?!.*_file$)", re.IGNORECASE)
 
@@ -120,7 +120,7 @@ def start(conf_dir: Path, foreground: bool, timeout: float) -> None:
     """Start the daemon: check the configuration, detach, return once the API answers."""
     config = load_or_exit(conf_dir)
     if foreground:
-        sys.exit(process.run_foreground(conf_dir, config, _echo_err))
+        process.serve_until_stopped(conf_dir, config, _echo_err)
     sys.exit(process.start_background(conf_dir, config.daemon, click.echo, timeout))
 
 
