@@ -64,11 +64,11 @@ from _testbed import (
     shaped_testbed,
 )
 
+from kadeploy_core.plans import VARIANTS, Macrostep
 from kadeploy_testbed.image import ImageResult, MakeImageError, make_image
 from kadeploy_testbed.layout import BRIDGE
 from kadeploy_testbed.testbed import Testbed
 from kadeployd.actors.manager import CHAIN_ROUND_ENDED, CHAIN_ROUND_STARTED
-from kadeployd.config import VARIANTS, Macrostep
 from kadeployd.daemon import Daemon
 from kadeployd.environment import load_environment
 from kadeployd.store.records import HistoryEntry, LogLine

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-from pydantic import ValidationError
 
 from kadeploy_cli.errors import ServerUnreachable, UsageProblem, api_failure
-from kadeployd.config.schema import DaemonSettings
-from kadeployd.yamldoc import YamlLoadError, load_yaml_file
+from kadeploy_core.paths import api_socket
+from kadeploy_core.yamldoc import YamlLoadError, load_yaml_file
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +82,10 @@ def default_socket() -> Path:
         try:
             doc = load_yaml_file(deploy)
             section = doc.data.get("daemon") if isinstance(doc.data, dict) else None
-            return DaemonSettings.model_validate(section or {}).unix_socket
-        except (YamlLoadError, ValidationError, OSError) as exc:
+            return api_socket(section if isinstance(section, dict) else {})
+        except (YamlLoadError, ValueError, OSError) as exc:
             logger.debug("cannot read %s: %s", deploy, exc)
-    return DaemonSettings().unix_socket
+    return api_socket({})
 
 
 def resolve_address(option: str | None) -> ServerAddress:

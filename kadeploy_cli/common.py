@@ -15,8 +15,8 @@ import click
 
 from kadeploy_cli.client import SERVER_ENV, Client
 from kadeploy_cli.errors import UsageProblem
-from kadeployd.errors import NodeListError
-from kadeployd.nodelist import NodeRef, expand_node_arg_refs, parse_nodefile, read_nodefile_refs
+from kadeploy_core.errors import NodeListError
+from kadeploy_core.nodelist import NodeRef, expand_node_arg_refs, parse_nodefile, read_nodefile_refs
 
 logger = logging.getLogger(__name__)
 

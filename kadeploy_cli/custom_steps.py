@@ -23,14 +23,14 @@ from kadeploy_cli.client import Client
 from kadeploy_cli.envfiles import upload_name
 from kadeploy_cli.errors import ApiFailure, ServerFailure, UsageProblem
 from kadeploy_cli.uploads import deleted_on_failure
-from kadeployd.errors import InputError, Problem
-from kadeployd.workflow.custom_ops import (
+from kadeploy_core.custom_ops import (
     CustomOperation,
     CustomSteps,
     check_send_name,
     parse_custom_steps,
 )
-from kadeployd.yamldoc import YamlDocument, YamlLoadError, dotted, load_yaml_file
+from kadeploy_core.errors import InputError, Problem
+from kadeploy_core.yamldoc import YamlDocument, YamlLoadError, dotted, load_yaml_file
 
 logger = logging.getLogger(__name__)
 

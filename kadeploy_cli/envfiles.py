@@ -20,9 +20,9 @@ import yaml
 from kadeploy_cli.client import Client
 from kadeploy_cli.errors import UsageProblem
 from kadeploy_cli.uploads import deleted_on_failure
-from kadeployd.environment import EnvironmentDescription, load_environment
-from kadeployd.errors import EnvironmentError_
-from kadeployd.yamldoc import YamlLoadError, load_yaml_file
+from kadeploy_core.environment import EnvironmentDescription, load_environment
+from kadeploy_core.errors import EnvironmentError_
+from kadeploy_core.yamldoc import YamlLoadError, load_yaml_file
 
 logger = logging.getLogger(__name__)
 

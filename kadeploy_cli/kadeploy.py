@@ -44,9 +44,9 @@ from kadeploy_cli.output import (
     summary_lines,
 )
 from kadeploy_cli.uploads import deleted_on_failure
-from kadeployd.nodelist import NodeRef
-from kadeployd.workflow.breakpoint import parse_breakpoint
-from kadeployd.workflow.stepnames import UnknownStep
+from kadeploy_core.breakpoint import parse_breakpoint
+from kadeploy_core.nodelist import NodeRef
+from kadeploy_core.stepnames import UnknownStep
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from kadeploy_cli.common import (
     table,
 )
 from kadeploy_cli.errors import TOOLS_EXIT_HELP, UsageProblem
-from kadeployd.suggest import did_you_mean
+from kadeploy_core.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import click
 from kadeploy_cli import power
 from kadeploy_cli.common import CONTEXT, machine_options, server_option
 from kadeploy_cli.errors import TOOLS_EXIT_HELP, UsageProblem
-from kadeployd.pxe.user_profiles import check_file_name
+from kadeploy_core.filenames import check_file_name
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import click
 from kadeploy_cli.client import Client
 from kadeploy_cli.common import CONTEXT, make_client, print_json, server_option, table
 from kadeploy_cli.errors import TOOLS_EXIT_HELP, UsageProblem
-from kadeployd.errors import NodeListError
-from kadeployd.nodelist import expand_node_args
+from kadeploy_core.errors import NodeListError
+from kadeploy_core.nodelist import expand_node_args
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from kadeploy_cli.errors import (
 )
 from kadeploy_cli.output import outcomes
 from kadeploy_cli.uploads import deleted_on_failure
-from kadeployd.nodelist import NodeRef
+from kadeploy_core.nodelist import NodeRef
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +170,8 @@ def write_boot_files(layout: Layout, node: NodeSpec, boot: BootSpec, disk: dict[
     ensure_host_key(host_key, regenerate=boot.env != "prod")
     (boot_dir / "sshd_config").write_text(sshd_config(boot, node, node_dir), encoding="utf-8")
     (boot_dir / "cmdline").write_text(boot.cmdline + "\n", encoding="utf-8")
+    # A new boot id at every boot, as the kernel makes one: the nodes share the host's kernel.
+    (boot_dir / "boot_id").write_text(f"{uuid.uuid4()}\n", encoding="utf-8")
     (boot_dir / "os-release").write_text(os_release(boot.env, node), encoding="utf-8")
     spec = {
         "name": node.name,
@@ -176,6 +179,7 @@ def write_boot_files(layout: Layout, node: NodeSpec, boot: BootSpec, disk: dict[
         "files": {
             "sshd_config": str(boot_dir / "sshd_config"),
             "cmdline": str(boot_dir / "cmdline"),
+            "boot_id": str(boot_dir / "boot_id"),
             "os-release": str(boot_dir / "os-release"),
             "host_key": str(host_key),
             "authorized_keys": str(layout.deploy_pubkey),

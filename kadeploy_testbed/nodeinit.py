@@ -46,6 +46,8 @@ POWER_DIRS = ("/sbin", "/usr/sbin", "/bin", "/usr/bin")
 RUN_DIR = "/run/testbed"
 DISK_DIR = "/dev/testbed"
 CHROOT = f"{RUN_DIR}/root"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+"""What the kernel says is this boot's id: a new one at every boot of the node."""
 
 
 class _Stop(Exception):
@@ -115,6 +117,7 @@ def _prepare(spec: dict[str, Any]) -> None:
         os.mknod(os.path.join(DISK_DIR, dev), stat.S_IFBLK | 0o660, os.stat(source).st_rdev)
 
     _bind_file(os.path.join(RUN_DIR, "cmdline"), "/proc/cmdline")
+    _bind_file(os.path.join(RUN_DIR, "boot_id"), BOOT_ID)
     _bind_file(os.path.join(RUN_DIR, "os-release"), os.path.realpath("/etc/os-release"))
     for target in _power_targets():
         _bind_file(power, target)
@@ -135,6 +138,7 @@ def _prepare(spec: dict[str, Any]) -> None:
             os.makedirs(os.path.join(CHROOT, sub), mode=0o755, exist_ok=True)
         _mount("-t", "proc", "proc", os.path.join(CHROOT, "proc"))
         _bind_file(os.path.join(RUN_DIR, "cmdline"), os.path.join(CHROOT, "proc", "cmdline"))
+        _bind_file(os.path.join(RUN_DIR, "boot_id"), os.path.join(CHROOT, BOOT_ID.lstrip("/")))
         _mount("-t", "sysfs", "sysfs", os.path.join(CHROOT, "sys"))
         _mount("--rbind", "/dev", os.path.join(CHROOT, "dev"))
 

@@ -14,8 +14,8 @@ from daemon_fixtures import (
     stop_all_actors,
 )
 
+from kadeploy_core.breakpoint import parse_breakpoint
 from kadeployd.daemon import Daemon
-from kadeployd.workflow.breakpoint import parse_breakpoint
 
 __all__ = ["stop_all_actors"]
 pytestmark = pytest.mark.usefixtures("stop_all_actors")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from kadeploy_core.errors import ConfigError, Problem
 from kadeployd.config import Config, load_config
-from kadeployd.errors import ConfigError, Problem
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = [sys.executable, "-c", "from kadeployd.server_cli import main; main()"]

@@ -7,25 +7,25 @@ import textwrap
 
 import pytest
 
-from kadeployd.config import Macrostep
-from kadeployd.errors import InputError
-from kadeployd.workflow.breakpoint import parse_breakpoint
-from kadeployd.workflow.custom_ops import (
+from kadeploy_core.breakpoint import parse_breakpoint
+from kadeploy_core.custom_ops import (
     MAX_OPERATIONS,
     CustomSteps,
     check_send_name,
     parse_custom_steps,
 )
-from kadeployd.workflow.custom_run import expand
-from kadeployd.workflow.outcome import Tally, Verdict
-from kadeployd.workflow.states import NodeState, check_transition
-from kadeployd.workflow.stepnames import (
+from kadeploy_core.errors import InputError
+from kadeploy_core.machine import NodeEvent, NodeState, next_state
+from kadeploy_core.plans import Macrostep
+from kadeploy_core.stepnames import (
     StepScope,
     UnknownStep,
     macrostep_names,
     resolve_macrostep,
 )
-from kadeployd.yamldoc import parse_yaml
+from kadeploy_core.yamldoc import parse_yaml
+from kadeployd.workflow.custom_run import expand
+from kadeployd.workflow.outcome import Tally, Verdict
 
 M = Macrostep
 S = NodeState
@@ -95,7 +95,7 @@ def test_malformed_breakpoints(text: str) -> None:
 def test_breakpointed_is_final_and_reachable_from_pending_and_working_states() -> None:
     assert S.BREAKPOINTED.final
     for state in (S.PENDING, S.REBOOTING, S.DEPLOY_ENV, S.PARTITIONING, S.TRANSFERRING):
-        check_transition(state, S.BREAKPOINTED)
+        assert next_state(state, NodeEvent.BREAKPOINT) == S.BREAKPOINTED
 
 
 def test_breakpointed_nodes_count_as_a_success() -> None:

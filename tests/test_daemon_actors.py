@@ -25,6 +25,7 @@ from pykka.messages import ProxyCall
 
 from kadeployd.daemon import Daemon
 from kadeployd.environment import load_environment
+from kadeployd.reboot.levels import RebootLevel
 
 __all__ = ["stop_all_actors"]
 pytestmark = pytest.mark.usefixtures("stop_all_actors")
@@ -246,3 +247,24 @@ def test_permanent_actor_crash_mid_deployment_is_survived(
 def _crash(ref: pykka.ActorRef[object]) -> None:
     """Make an actor fail as a bug would: an exception raised by a told message kills it."""
     ref.tell(ProxyCall(attr_path=("no_such_method",), args=(), kwargs={}))
+
+
+def test_kareboot_escalates_a_failed_command_to_the_next_stronger_reboot(tmp_path: Path) -> None:
+    escalating = (
+        "power: {reboot_soft: [sh, -c, 'echo Permission denied >&2; exit 255'], "
+        "reboot_hard: ['true']}\n"
+    )
+    daemon = start(
+        tmp_path, {1: escalating, 2: "power: {reboot_soft: ['false'], reboot_hard: ['false']}\n"}
+    )
+    try:
+        nodes = [daemon.config.nodes[name] for name in ("n-1", "n-2")]
+        first, second = daemon.reboot(nodes, RebootLevel.SOFT)
+        assert first.ok
+        assert first.operation == RebootLevel.HARD
+        assert "Permission denied" in first.message
+        assert "escalated: hard reboot succeeded" in first.message
+        assert not second.ok  # no very hard command: nothing stronger to try after hard
+        assert second.operation == RebootLevel.HARD
+    finally:
+        daemon.stop()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from kadeploy_core.errors import EnvironmentError_, Problem
 from kadeployd.environment import (
     Compression,
     Filesystem,
@@ -16,7 +17,6 @@ from kadeployd.environment import (
     load_environment,
     parse_environment,
 )
-from kadeployd.errors import EnvironmentError_, Problem
 
 FULL = """\
 name: debian-min

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from kadeploy_core.errors import EnvironmentError_, ImageError
 from kadeployd.environment import (
     BootFiles,
     Compression,
@@ -27,7 +28,6 @@ from kadeployd.environment import (
     sniff_compression,
 )
 from kadeployd.environment.zstdframes import FrameTracker, ZstdFrameError
-from kadeployd.errors import EnvironmentError_, ImageError
 
 KERNEL = b"\x7fKERNEL" + os.urandom(300_000)  # several tar blocks, incompressible
 INITRD = b"INITRD" + os.urandom(70_000)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kadeployd.errors import NodeListError, Problem
-from kadeployd.nodelist import (
+from kadeploy_core.errors import NodeListError, Problem
+from kadeploy_core.nodelist import (
     NodeRef,
     expand_node_arg_refs,
     expand_node_args,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kadeployd.ranges import RangeError, expand_range, has_range, range_length
+from kadeploy_core.ranges import RangeError, expand_range, has_range, range_length
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from typing import cast
 import pykka
 import pytest
 
-from kadeployd.errors import KadeployError
+from kadeploy_core.errors import KadeployError
 from kadeployd.store import (
     ERROR_TAIL_CHARS,
     INTERRUPTED,

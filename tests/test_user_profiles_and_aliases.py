@@ -7,12 +7,10 @@ import click
 import pytest
 
 from kadeploy_cli.kaenv import translate_aliases
-from kadeployd.config import Macrostep
-from kadeployd.errors import InputError
+from kadeploy_core.errors import InputError
+from kadeploy_core.plans import OPERATION_MACROSTEPS, Macrostep, Operation, microsteps
 from kadeployd.pxe.errors import PxeError
 from kadeployd.pxe.user_profiles import check_profile, user_dir
-from kadeployd.workflow import operations
-from kadeployd.workflow.job import Operation
 
 COMMANDS = {"add", "list", "print", "delete", "set-visibility"}
 
@@ -88,17 +86,17 @@ def test_size_limit_and_user_names() -> None:
 
 
 def test_operations_run_only_their_macrosteps() -> None:
-    assert operations.ORDER[Operation.DEPLOY_ENV] == (Macrostep.SET_DEPLOYMENT_ENV,)
-    steps = operations.microsteps(Operation.DEPLOY_ENV, Macrostep.SET_DEPLOYMENT_ENV, "prod")
+    assert OPERATION_MACROSTEPS[Operation.DEPLOY_ENV] == (Macrostep.SET_DEPLOYMENT_ENV,)
+    steps = microsteps(Operation.DEPLOY_ENV, Macrostep.SET_DEPLOYMENT_ENV, "prod")
     names = [m.name for m in steps]
     assert names == ["switch_pxe_to_deploy_env", "reboot_from_level", "wait_for_deploy_env"]
-    boot = operations.microsteps(Operation.RECORDED_ENV, Macrostep.BOOT_NEW_ENV, "classical")
+    boot = microsteps(Operation.RECORDED_ENV, Macrostep.BOOT_NEW_ENV, "classical")
     assert [m.name for m in boot] == [
         "switch_pxe_to_deployed_env",
         "reboot_from_level",
         "wait_for_recorded_env",
     ]
-    deploy = operations.microsteps(Operation.DEPLOY, Macrostep.BOOT_NEW_ENV, "classical")
+    deploy = microsteps(Operation.DEPLOY, Macrostep.BOOT_NEW_ENV, "classical")
     assert "reboot_escalating" in [m.name for m in deploy]
 
 

@@ -8,53 +8,106 @@ from typing import cast
 
 import pytest
 
-from kadeployd.config import VARIANTS, Macrostep, Macrosteps
+from kadeploy_core.machine import (
+    FINAL_STATES,
+    TRANSITIONS,
+    InvalidTransition,
+    NodeEvent,
+    NodeState,
+    next_state,
+)
+from kadeploy_core.plans import (
+    OPERATION_MACROSTEPS,
+    VARIANT_PLANS,
+    VARIANTS,
+    Macrostep,
+    Operation,
+    microsteps,
+)
+from kadeploy_core.policy import Plan, Position
+from kadeployd.config import Macrosteps
 from kadeployd.workflow.cancel import CancelToken
-from kadeployd.workflow.context import StepContext
-from kadeployd.workflow.operations import wait_for_recorded_env
+from kadeployd.workflow.context import Again, StepContext
 from kadeployd.workflow.outcome import Tally, Verdict
-from kadeployd.workflow.policy import Plan, Position
-from kadeployd.workflow.states import FINAL_STATES, InvalidTransition, NodeState, check_transition
-from kadeployd.workflow.variants import MICROSTEPS
+from kadeployd.workflow.steps import STEPS, wait_for_recorded_env
 
-S = NodeState
+S, E = NodeState, NodeEvent
 
 
 def test_every_configurable_variant_has_microsteps_and_no_other() -> None:
-    assert {m: tuple(v) for m, v in MICROSTEPS.items()} == VARIANTS
+    assert {m: tuple(v) for m, v in VARIANT_PLANS.items()} == VARIANTS
+
+
+def test_every_microstep_of_every_plan_has_code() -> None:
+    names = {
+        step.name
+        for operation, macrosteps in OPERATION_MACROSTEPS.items()
+        for macrostep in macrosteps
+        for variant in VARIANTS[macrostep]
+        for step in microsteps(operation, macrostep, variant)
+    }
+    assert names <= set(STEPS), names - set(STEPS)
+    assert set(STEPS) == names  # and no code without a name in a plan
+
+
+def _walk(operation: Operation, choice: dict[Macrostep, str]) -> NodeState:
+    """Feed the table what a node running ``choice`` of each macrostep fires, then done."""
+    state = S.PENDING
+    for macrostep in OPERATION_MACROSTEPS[operation]:
+        for step in microsteps(operation, macrostep, choice[macrostep]):
+            for event in (step.enters, step.reached):
+                if event is not None:
+                    state = next_state(state, event)
+    return next_state(state, E.DONE)
+
+
+@pytest.mark.parametrize("operation", list(Operation))
+@pytest.mark.parametrize("variant_index", [0, 1, 2])
+def test_every_plan_walks_the_table_to_deployed(operation: Operation, variant_index: int) -> None:
+    choice = {m: VARIANTS[m][variant_index] for m in Macrostep}
+    assert _walk(operation, choice) == S.DEPLOYED
 
 
 @pytest.mark.parametrize(
-    ("current", "wanted"),
+    ("state", "event", "target"),
     [
-        (S.PENDING, S.REBOOTING),
-        (S.PENDING, S.DEPLOY_ENV),
-        (S.REBOOTING, S.DEPLOY_ENV),
-        (S.PARTITIONING, S.REBOOTING),  # retry of SetDeploymentEnv
-        (S.POSTINSTALL, S.TRANSFERRING),  # retry of BroadcastEnv
-        (S.BOOTING, S.DEPLOYED),
-        (S.TRANSFERRING, S.ABORTED),
-        (S.PENDING, S.DEPLOY_FAILED),
+        (S.PENDING, E.REBOOT_ORDERED, S.REBOOTING),
+        (S.PENDING, E.DEPLOY_ENV_REACHED, S.DEPLOY_ENV),
+        (S.REBOOTING, E.DEPLOY_ENV_REACHED, S.DEPLOY_ENV),
+        (S.PARTITIONING, E.REBOOT_ORDERED, S.REBOOTING),  # retry of SetDeploymentEnv
+        (S.POSTINSTALL, E.TRANSFER_STARTED, S.TRANSFERRING),  # retry of BroadcastEnv
+        (S.BOOTING, E.DONE, S.DEPLOYED),
+        (S.TRANSFERRING, E.ABORT, S.ABORTED),
+        (S.PENDING, E.FAIL, S.DEPLOY_FAILED),
+        (S.TRANSFERRING, E.STEP_FAILED, S.TRANSFERRING),
+        (S.BOOTING, E.TIMED_OUT, S.BOOTING),
     ],
 )
-def test_allowed_transitions(current: NodeState, wanted: NodeState) -> None:
-    check_transition(current, wanted)
+def test_allowed_transitions(state: NodeState, event: NodeEvent, target: NodeState) -> None:
+    assert next_state(state, event) == target
 
 
 @pytest.mark.parametrize(
-    ("current", "wanted"),
+    ("state", "event"),
     [
-        (S.TRANSFERRING, S.DEPLOYED),
-        (S.POSTINSTALL, S.DEPLOYED),
-        (S.PENDING, S.DEPLOYED),
-        (S.DEPLOYED, S.REBOOTING),
-        (S.ABORTED, S.DEPLOYED),
-        (S.DEPLOY_FAILED, S.DEPLOY_FAILED),
+        (S.TRANSFERRING, E.DONE),
+        (S.POSTINSTALL, E.DONE),
+        (S.PENDING, E.DONE),
+        (S.PENDING, E.TRANSFER_STARTED),
+        (S.BOOTING, E.TRANSFER_STARTED),
+        (S.PENDING, E.STEP_FAILED),
+        (S.DEPLOYED, E.REBOOT_ORDERED),
+        (S.ABORTED, E.DONE),
+        (S.DEPLOY_FAILED, E.FAIL),
     ],
 )
-def test_forbidden_transitions(current: NodeState, wanted: NodeState) -> None:
-    with pytest.raises(InvalidTransition):
-        check_transition(current, wanted)
+def test_forbidden_transitions(state: NodeState, event: NodeEvent) -> None:
+    with pytest.raises(InvalidTransition, match=f"no transition from {state} on {event}"):
+        next_state(state, event)
+
+
+def test_nothing_leaves_a_final_state() -> None:
+    assert not [row for row in TRANSITIONS if row[0].final]
 
 
 def test_final_states_are_final() -> None:
@@ -179,9 +232,9 @@ def _waiting_context(keys: list[str | None], before: str) -> tuple[StepContext, 
     boot = SimpleNamespace(check_interval=0)
     context = SimpleNamespace(
         memory={"host_key_before_reboot": before},
+        scratch={},
         node=SimpleNamespace(settings=SimpleNamespace(boot=boot)),
         services=services,
-        wait=lambda seconds: None,
     )
     return cast(StepContext, context), services
 
@@ -198,5 +251,6 @@ def test_recorded_env_wait_knows_a_reboot_into_the_same_environment(
     keys: list[str | None], probes: int
 ) -> None:
     context, services = _waiting_context(keys, before="old")
-    wait_for_recorded_env(context)
+    while isinstance(wait_for_recorded_env(context), Again):
+        pass
     assert services.probes == probes

@@ -18,8 +18,8 @@ from typing import Any
 
 import pykka
 
+from kadeploy_core.errors import KadeployError
 from kadeployd.chain import ChainCancelled, ChainEvent, ChainResult, ChainSender, Hop
-from kadeployd.errors import KadeployError
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import pykka
 
-from kadeployd.errors import KadeployError
+from kadeploy_core.errors import KadeployError
 from kadeployd.supervision import ChildUnavailable, UnknownChild
 
 logger = logging.getLogger(__name__)

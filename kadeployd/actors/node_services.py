@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kadeployd.actors import directory
@@ -28,7 +28,7 @@ from kadeployd.store.writes import RecordProgress
 from kadeployd.workflow.cancel import CancelToken
 from kadeployd.workflow.context import (
     ProbeView,
-    SoftRebootUnconfirmed,
+    RebootTicket,
     StepCancelled,
     StepFailed,
 )
@@ -41,9 +41,9 @@ MANAGER_TIMEOUT = 10.0
 REBOOT_RESUBMISSIONS = 3
 PROGRESS_INTERVAL = 1.0
 """Seconds between two progress writes of one node (the first and the last always go)."""
-REBOOT_QUEUE_ALLOWANCE = 3600.0
-"""Upper bound of a reboot request's wait in the reboot window queue; the variant's timeout
-normally cancels long before."""
+VERDICT_ALLOWANCE = 3600.0
+"""Upper bound of a relay's wait for its chain round's verdict once its stream ended; the
+variant's timeout normally cancels long before."""
 
 
 class NodeServicesImpl:
@@ -92,52 +92,23 @@ class NodeServicesImpl:
             PXE_TIMEOUT,
         )
 
-    def reboot(self, level: RebootLevel, cancelled: CancelToken) -> None:
-        """Ask the RebootActor; ask its successor if it was restarted before answering."""
-        for _incarnation in range(REBOOT_RESUBMISSIONS):
-            result = self._reboot_once(level, cancelled)
-            if cancelled.is_set():
-                raise StepCancelled(cancelled.reason)
-            if result is not None and not result.stopped:
-                if result.ok:
-                    return
-                if result.operation == RebootLevel.SOFT:
-                    raise SoftRebootUnconfirmed(f"soft reboot: {result.message}")
-                raise StepFailed(f"{result.operation} reboot failed: {result.message}")
-            logger.info("%s: reboot service restarted, asking again", self._node.name)
-        raise StepFailed(f"{level} reboot: the reboot service keeps restarting")
-
-    def _reboot_once(self, level: RebootLevel, cancelled: CancelToken) -> RebootResult | None:
-        """One request; None if the service died without answering."""
-        done = threading.Event()
-        box: list[RebootResult] = []
-        request_id = f"{self._job.deployment_id}:{self._node.name}:{uuid.uuid4().hex[:8]}"
-
-        def reply(result: RebootResult) -> None:
-            box.append(result)
-            done.set()
-
-        ref = self._services.child(directory.REBOOT, PXE_TIMEOUT)
-        ref.proxy().reboot(request_id, self._node, level, reply)
-        unregister = cancelled.on_cancel(done.set)
-        try:
-            waited = 0.0
-            while not done.wait(1.0):
-                waited += 1.0
-                if not ref.is_alive():
-                    return None
-                if waited > REBOOT_QUEUE_ALLOWANCE:
-                    raise StepFailed(f"{level} reboot: no answer from the reboot service")
-        finally:
-            unregister()
-        if cancelled.is_set() and not box:
-            directory.tell(self._services, directory.REBOOT, lambda r: r.cancel(request_id))
-        return box[0] if box else None
+    def request_reboot(
+        self, level: RebootLevel, cancelled: CancelToken, wake: Callable[[], None]
+    ) -> RebootTicket:
+        """Ask the RebootActor; its answer calls ``wake``."""
+        return _RebootTicket(
+            self._services,
+            f"{self._job.deployment_id}:{self._node.name}",
+            self._node,
+            level,
+            cancelled=cancelled,
+            wake=wake,
+        )
 
     def probe(self) -> ProbeView:
         """Log in and read /proc/cmdline."""
         seen = probe(self._target, timeout=self._node.settings.ssh.connect_timeout)
-        return ProbeView(seen.reachable, seen.cmdline or "", seen.error or "")
+        return ProbeView(seen.reachable, seen.cmdline or "", seen.error or "", seen.boot_id or "")
 
     def host_key(self) -> str | None:
         """The host key the node's SSH server offers now."""
@@ -184,7 +155,7 @@ class NodeServicesImpl:
         done, box = self._verdict
         unregister = cancelled.on_cancel(done.set)
         try:
-            done.wait(REBOOT_QUEUE_ALLOWANCE)
+            done.wait(VERDICT_ALLOWANCE)
         finally:
             unregister()
             self._verdict = None
@@ -218,3 +189,70 @@ class NodeServicesImpl:
             yield
         finally:
             self._slots.release()
+
+
+class _RebootTicket:
+    """One reboot request to the RebootActor, submitted again to its successor if the actor
+    stopped before running it (at most :data:`REBOOT_RESUBMISSIONS` times)."""
+
+    def __init__(
+        self,
+        services: Directory,
+        label: str,
+        node: Node,
+        level: RebootLevel,
+        *,
+        cancelled: CancelToken,
+        wake: Callable[[], None],
+    ) -> None:
+        self._services = services
+        self._label = label
+        self._node = node
+        self._level = level
+        self._cancelled = cancelled
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._result: RebootResult | None = None
+        self._request_id = ""
+        self._submissions = 0
+        self._submit()
+        cancelled.on_cancel(self._cancel)
+
+    def outcome(self) -> bool | None:
+        """See :class:`kadeployd.workflow.context.RebootTicket`."""
+        if self._cancelled.is_set():
+            raise StepCancelled(self._cancelled.reason)
+        with self._lock:
+            result = self._result
+        if result is None:
+            return None
+        if result.stopped:
+            if self._submissions >= REBOOT_RESUBMISSIONS:
+                raise StepFailed(f"{self._level} reboot: the reboot service keeps restarting")
+            logger.info("%s: reboot service restarted, asking again", self._node.name)
+            self._submit()
+            return None
+        if result.ok:
+            return True
+        raise StepFailed(f"{result.operation} reboot failed: {result.message}")
+
+    def _submit(self) -> None:
+        self._submissions += 1
+        with self._lock:
+            self._result = None
+            self._request_id = f"{self._label}:{uuid.uuid4().hex[:8]}"
+        request_id, node, level, reply = self._request_id, self._node, self._level, self._reply
+        directory.tell(
+            self._services, directory.REBOOT, lambda r: r.reboot(request_id, node, level, reply)
+        )
+
+    def _reply(self, result: RebootResult) -> None:
+        with self._lock:
+            self._result = result
+        self._wake()
+
+    def _cancel(self) -> None:
+        with self._lock:
+            answered, request_id = self._result is not None, self._request_id
+        if not answered:
+            directory.tell(self._services, directory.REBOOT, lambda r: r.cancel(request_id))

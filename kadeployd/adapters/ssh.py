@@ -55,9 +55,9 @@ from typing import BinaryIO
 
 import paramiko
 
+from kadeploy_core.errors import KadeployError
 from kadeployd.adapters.commands import CommandResult
 from kadeployd.config import Node
-from kadeployd.errors import KadeployError
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,8 @@ class ProbeResult:
     """/proc/cmdline without its newline, None if unreachable or unreadable."""
     error: str | None
     """Why something is missing, None when everything was read."""
+    boot_id: str | None = None
+    """The kernel's id of this boot (a new one at every boot), None if unreadable."""
 
 
 # ---------------------------------------------------------------- helpers
@@ -733,6 +735,10 @@ class SshConnection:
 # ---------------------------------------------------------------- probe
 
 
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+"""Linux's id of the running boot: it changes at every boot, whatever the system."""
+
+
 def probe(target: SshTarget, timeout: float) -> ProbeResult:
     """Connect once, read /etc/os-release and /proc/cmdline, and close; never raises SshError.
 
@@ -753,7 +759,7 @@ def probe(target: SshTarget, timeout: float) -> ProbeResult:
                 timeout=max(deadline - time.monotonic(), 0.1),
             )
             cmdline = connection.run(
-                ["cat", "/proc/cmdline"], timeout=max(deadline - time.monotonic(), 0.1)
+                ["cat", "/proc/cmdline", BOOT_ID], timeout=max(deadline - time.monotonic(), 0.1)
             )
         except SshError as exc:
             return ProbeResult(reachable=False, os_release=None, cmdline=None, error=str(exc))
@@ -763,8 +769,11 @@ def probe(target: SshTarget, timeout: float) -> ProbeResult:
     else:
         errors.append(f"os-release: {_failure(release)}")
     kernel_cmdline: str | None = None
-    if cmdline.ok:
-        kernel_cmdline = cmdline.stdout.rstrip("\n")
+    boot_id: str | None = None
+    lines = cmdline.stdout.splitlines()
+    if lines and (cmdline.ok or len(lines) == 1):  # a system without a boot id still has this
+        kernel_cmdline = lines[0]
+        boot_id = lines[1].strip() if cmdline.ok and len(lines) > 1 else None
     else:
         errors.append(f"/proc/cmdline: {_failure(cmdline)}")
     return ProbeResult(
@@ -772,6 +781,7 @@ def probe(target: SshTarget, timeout: float) -> ProbeResult:
         os_release=os_release,
         cmdline=kernel_cmdline,
         error="; ".join(errors) or None,
+        boot_id=boot_id,
     )
 
 

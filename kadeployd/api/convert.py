@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 
-from kadeployd.api.models import (
+from kadeploy_core.schemas import (
     DeploymentOut,
     EnvironmentSummary,
     HistoryOut,

@@ -16,17 +16,17 @@ import logging
 import time
 from pathlib import Path
 
+from kadeploy_core.breakpoint import Breakpoint, parse_breakpoint
+from kadeploy_core.custom_ops import CustomSteps, check_send_name, parse_custom_steps
+from kadeploy_core.errors import InputError, Problem
+from kadeploy_core.schemas import CustomStepsIn
+from kadeploy_core.stepnames import UnknownStep
+from kadeploy_core.yamldoc import dotted
 from kadeployd.api import environments
 from kadeployd.api.auth import Caller
 from kadeployd.api.context import ApiContext
 from kadeployd.api.errors import ApiError
-from kadeployd.api.models import CustomStepsIn
 from kadeployd.api.uploads import UploadInfo
-from kadeployd.errors import InputError, Problem
-from kadeployd.workflow.breakpoint import Breakpoint, parse_breakpoint
-from kadeployd.workflow.custom_ops import CustomSteps, check_send_name, parse_custom_steps
-from kadeployd.workflow.stepnames import UnknownStep
-from kadeployd.yamldoc import dotted
 
 logger = logging.getLogger(__name__)
 

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import yaml
 
+from kadeploy_core.errors import Problem
+from kadeploy_core.schemas import EnvironmentRef
+from kadeploy_core.suggest import did_you_mean
 from kadeployd.api.auth import Caller
 from kadeployd.api.context import ApiContext
 from kadeployd.api.errors import ApiError
-from kadeployd.api.models import EnvironmentRef
 from kadeployd.api.uploads import UploadError, UploadInfo
 from kadeployd.environment import EnvironmentDescription, parse_environment
-from kadeployd.errors import Problem
 from kadeployd.store.catalogue import EnvironmentRecord, UnknownEnvironment
-from kadeployd.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kadeployd.api.models import ErrorResponse
+from kadeploy_core.schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
 

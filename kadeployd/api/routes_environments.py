@@ -13,11 +13,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
+from kadeploy_core.schemas import EnvironmentCreate, EnvironmentOut, VisibilityChange
 from kadeployd.api import environments
 from kadeployd.api.auth import Caller, CallerDep, Context
 from kadeployd.api.context import ApiContext
 from kadeployd.api.errors import ApiError
-from kadeployd.api.models import EnvironmentCreate, EnvironmentOut, VisibilityChange
 from kadeployd.api.responses import ERRORS
 from kadeployd.api.uploads import UploadInfo
 from kadeployd.environment import EnvironmentDescription

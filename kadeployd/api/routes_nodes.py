@@ -8,13 +8,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from kadeploy_core.schemas import EnvironmentSummary, NodeOut
+from kadeploy_core.suggest import did_you_mean
 from kadeployd.api.auth import CallerDep, Context
 from kadeployd.api.errors import ApiError
-from kadeployd.api.models import EnvironmentSummary, NodeOut
 from kadeployd.api.responses import ERRORS
 from kadeployd.config.model import Node
 from kadeployd.store.usage import NodeUsage
-from kadeployd.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import time
 
 from fastapi import APIRouter
 
+from kadeploy_core.schemas import HealthOut, ReloadOut, WhoAmI
 from kadeployd import __version__
 from kadeployd.api.auth import CallerDep, Context, require_admin
-from kadeployd.api.models import HealthOut, ReloadOut, WhoAmI
 from kadeployd.api.responses import ERRORS
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
+from kadeploy_core.schemas import NodeStatsOut, StateDurationOut
 from kadeployd.api.auth import CallerDep, Context
-from kadeployd.api.models import NodeStatsOut, StateDurationOut
 from kadeployd.api.responses import ERRORS
 from kadeployd.store.usage import StatsFilter
 

@@ -12,11 +12,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from kadeploy_core.filenames import check_file_name
+from kadeploy_core.schemas import UploadOut
 from kadeployd.api.auth import CallerDep, Context
 from kadeployd.api.errors import ApiError
-from kadeployd.api.models import UploadOut
 from kadeployd.api.responses import ERRORS
-from kadeployd.api.uploads import UploadError, UploadInfo, UploadTooLarge, check_file_name
+from kadeployd.api.uploads import UploadError, UploadInfo, UploadTooLarge
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from kadeployd.errors import KadeployError
+from kadeploy_core.errors import KadeployError
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from kadeployd.errors import KadeployError
+from kadeploy_core.errors import KadeployError
 
 logger = logging.getLogger(__name__)
 

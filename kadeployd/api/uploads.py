@@ -21,13 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
-from kadeployd.errors import KadeployError
+from kadeploy_core.errors import KadeployError
 
 logger = logging.getLogger(__name__)
 
 UPLOAD_TTL = 24 * 3600.0
-FILE_NAME = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+-]{0,127}$")
-"""A plain file name: no directory part, no leading dot, at most 128 characters."""
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -53,16 +51,6 @@ class UploadInfo:
     size: int
     sha256: str
     created_at: float
-
-
-def check_file_name(name: str) -> str | None:
-    """None if ``name`` is a plain file name, else what is wrong with it."""
-    if FILE_NAME.match(name):
-        return None
-    return (
-        f"expected a plain file name (letters, digits, '.', '_', '+', '-', no '/', not starting "
-        f"with '.' or '-', at most 128 characters); got {name[:140]!r}"
-    )
 
 
 class UploadWriter:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kadeploy_core.errors import ImageError, KadeployError
 from kadeployd.chain.relay import (
     ACK,
     DEAD,
@@ -35,7 +36,6 @@ from kadeployd.chain.relay import (
     connect,
 )
 from kadeployd.chain.report import ChainResult, HopResult
-from kadeployd.errors import ImageError, KadeployError
 
 logger = logging.getLogger(__name__)
 

@@ -3,11 +3,9 @@
 from kadeployd.config.loader import load_config
 from kadeployd.config.model import Config, Node
 from kadeployd.config.schema import (
-    VARIANTS,
     BootSettings,
     DaemonSettings,
     DiskSettings,
-    Macrostep,
     Macrosteps,
     NodeSettings,
     PowerSettings,
@@ -18,13 +16,11 @@ from kadeployd.config.templates import CommandTemplate
 from kadeployd.config.timeouts import Timeout
 
 __all__ = [
-    "VARIANTS",
     "BootSettings",
     "CommandTemplate",
     "Config",
     "DaemonSettings",
     "DiskSettings",
-    "Macrostep",
     "Macrosteps",
     "Node",
     "NodeSettings",

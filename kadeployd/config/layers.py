@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kadeployd.yamldoc import KeyPath, YamlDocument
+from kadeploy_core.yamldoc import KeyPath, YamlDocument
 
 
 @dataclass(frozen=True, slots=True)

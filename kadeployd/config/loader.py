@@ -21,15 +21,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kadeploy_core.errors import ConfigError, Problem
+from kadeploy_core.plans import VARIANTS, Macrostep
+from kadeploy_core.ranges import RangeError, expand_range
+from kadeploy_core.suggest import did_you_mean
+from kadeploy_core.validation import MISSING, problems_from
+from kadeploy_core.yamldoc import KeyPath, YamlDocument, YamlLoadError, dotted, load_yaml_file
 from kadeployd.config.layers import Layer, Merged, merge
 from kadeployd.config.model import Config, Node
-from kadeployd.config.schema import VARIANTS, DaemonSettings, Macrostep, NodeSettings
+from kadeployd.config.schema import DaemonSettings, NodeSettings
 from kadeployd.config.templates import NODE_FIELDS, TemplateError, placeholders
-from kadeployd.errors import ConfigError, Problem
-from kadeployd.ranges import RangeError, expand_range
-from kadeployd.suggest import did_you_mean
-from kadeployd.validation import MISSING, problems_from
-from kadeployd.yamldoc import KeyPath, YamlDocument, YamlLoadError, dotted, load_yaml_file
 
 DEPLOY_CONF = "deploy.conf"
 NODES_CONF = "nodes.conf"
@@ -355,10 +356,7 @@ def _semantic_problems(settings: NodeSettings, locate: Any) -> list[Problem]:
                     ("automata", "macrosteps", macrostep.value, index, "type"),
                 )
     allowed = (*NODE_FIELDS, *settings.vars)
-    for name in type(settings.power).model_fields:
-        template = getattr(settings.power, name)
-        if template is None or name == "command_timeout":
-            continue
+    for name, template in settings.power.templates().items():
         for field_name in template.unknown_fields(allowed):
             add(
                 f"unknown placeholder {{{field_name}}}{did_you_mean(field_name, allowed)}; "
@@ -383,11 +381,7 @@ def _check_bmc(entry: _Entry, settings: NodeSettings, problems: _Problems) -> No
     if entry.bmcs and entry.bmcs[0] is not None:
         return
     users = [
-        name
-        for name in type(settings.power).model_fields
-        if name != "command_timeout"
-        and (template := getattr(settings.power, name)) is not None
-        and "bmc" in template.fields()
+        name for name, template in settings.power.templates().items() if "bmc" in template.fields()
     ]
     if users:
         problems.add(

@@ -8,7 +8,6 @@ validates the result against this schema.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +20,8 @@ from pydantic import (
     PlainSerializer,
 )
 
+from kadeploy_core.paths import DEFAULT_STATE_DIR, SOCKET_NAME
+from kadeploy_core.plans import Macrostep
 from kadeployd.config.templates import CommandTemplate, TemplateError, placeholders
 from kadeployd.config.timeouts import Timeout
 
@@ -31,19 +32,6 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
 
-class Macrostep(StrEnum):
-    """The three macrosteps of a deployment, in the order they run."""
-
-    SET_DEPLOYMENT_ENV = "SetDeploymentEnv"
-    BROADCAST_ENV = "BroadcastEnv"
-    BOOT_NEW_ENV = "BootNewEnv"
-
-
-VARIANTS: dict[Macrostep, tuple[str, ...]] = {
-    Macrostep.SET_DEPLOYMENT_ENV: ("untrusted", "prod", "dummy"),
-    Macrostep.BROADCAST_ENV: ("chain", "direct", "dummy"),
-    Macrostep.BOOT_NEW_ENV: ("classical", "hard_reboot", "dummy"),
-}
 """Implemented variants of each macrostep; a config naming another one is rejected."""
 
 
@@ -102,12 +90,22 @@ class PowerSettings(Frozen):
     """Power and reboot command templates (argument lists), run by the RebootActor."""
 
     command_timeout: Seconds = 30
+    soft_reboot_grace: Seconds = 30
+    """Seconds a node whose soft reboot command succeeded has to be seen going down (no
+    longer answering, or answering with another boot id) before the reboot escalates to hard."""
+    hard_reboot_grace: Seconds = 30
+    """The same for a hard reboot, before it escalates to very hard."""
     reboot_soft: Command | None = None
     reboot_hard: Command | None = None
     reboot_very_hard: Command | None = None
     power_on: Command | None = None
     power_off: Command | None = None
     power_status: Command | None = None
+
+    def templates(self) -> dict[str, CommandTemplate]:
+        """The configured command templates, by key (``reboot_soft``...)."""
+        found = {name: getattr(self, name) for name in type(self).model_fields}
+        return {name: t for name, t in found.items() if isinstance(t, CommandTemplate)}
 
 
 class BootSettings(Frozen):
@@ -216,10 +214,24 @@ class TftpSettings(Frozen):
     """Default: ``<state_dir>/tftp``."""
 
 
+class WorkerSettings(Frozen):
+    """Sizes of the daemon's bounded pools for blocking work (``daemon.workers``).
+
+    A node costs one actor; its SSH commands and the daemon's file work run on these pools,
+    so the daemon's thread count is about one per node in flight plus these sizes, whatever
+    the number of nodes. Work beyond a pool's size waits its turn in order. Read at start.
+    """
+
+    ssh: Annotated[int, Field(ge=1, le=4096)] = 128
+    """SSH commands and probes running at once, over every deployment."""
+    files: Annotated[int, Field(ge=1, le=256)] = 8
+    """Local file work at once (boot files out of images, PXE profiles)."""
+
+
 class DaemonSettings(Frozen):
     """The ``daemon:`` section of deploy.conf."""
 
-    state_dir: Path = Path("/var/lib/kadeployd")
+    state_dir: Path = DEFAULT_STATE_DIR
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     api: ApiSettings = ApiSettings()
     tftp: TftpSettings = TftpSettings()
@@ -230,6 +242,7 @@ class DaemonSettings(Frozen):
     chain_gather_window: Annotated[float, Field(gt=0)] = 30
     """Seconds nodes ready for a ``chain`` broadcast wait for the others still setting up
     their deploy env; nodes arriving later go in a later, smaller chain."""
+    workers: WorkerSettings = WorkerSettings()
     almighty_users: tuple[str, ...] = ("root",)
     max_upload_mib: Annotated[int, Field(ge=1)] = 4096
 
@@ -241,4 +254,4 @@ class DaemonSettings(Frozen):
     @property
     def unix_socket(self) -> Path:
         """The API's Unix socket, defaulting to ``<state_dir>/kadeployd.sock``."""
-        return self.api.unix_socket or self.state_dir / "kadeployd.sock"
+        return self.api.unix_socket or self.state_dir / SOCKET_NAME

@@ -1,15 +1,14 @@
 """Environment descriptions (Kadeploy3 ``kaenv`` YAML) and reading their images.
 
 - :func:`load_environment`, :func:`parse_environment`: a validated, frozen
-  :class:`EnvironmentDescription`, or one :class:`~kadeployd.errors.EnvironmentError_`
+  :class:`EnvironmentDescription`, or one :class:`~kadeploy_core.errors.EnvironmentError_`
   listing every mistake with its file, line and key.
 - :func:`open_image_stream`, :func:`image_sha256`, :func:`decompressed_sha256`: streaming
   access to image files.
 - :func:`read_boot_files`: the kernel and initrd out of a tar image, nothing extracted.
 """
 
-from kadeployd.environment.bootfiles import MAX_BOOT_FILE_BYTES, BootFiles, read_boot_files
-from kadeployd.environment.description import (
+from kadeploy_core.environment import (
     BootSpec,
     Compression,
     EnvironmentDescription,
@@ -19,7 +18,10 @@ from kadeployd.environment.description import (
     OperatingSystem,
     ScriptArchive,
     Visibility,
+    load_environment,
+    parse_environment,
 )
+from kadeployd.environment.bootfiles import MAX_BOOT_FILE_BYTES, BootFiles, read_boot_files
 from kadeployd.environment.image import (
     StreamDigest,
     decompressed_sha256,
@@ -27,7 +29,6 @@ from kadeployd.environment.image import (
     open_image_stream,
     sniff_compression,
 )
-from kadeployd.environment.loader import load_environment, parse_environment
 
 __all__ = [
     "MAX_BOOT_FILE_BYTES",

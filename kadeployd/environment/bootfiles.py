@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from kadeployd.environment.description import EnvironmentDescription, ImageKind
+from kadeploy_core.environment.description import EnvironmentDescription, ImageKind
+from kadeploy_core.errors import EnvironmentError_, ImageError, Problem
 from kadeployd.environment.image import open_image_stream
-from kadeployd.errors import EnvironmentError_, ImageError, Problem
 
 logger = logging.getLogger(__name__)
 

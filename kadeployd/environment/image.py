@@ -1,7 +1,7 @@
 """Streaming access to image files: decompression and SHA-256, never the whole file in memory.
 
 Errors of the decompressors (gzip, lzma, zstandard) and of the file system are translated into
-:class:`~kadeployd.errors.ImageError` as they happen, including in the middle of a read, so a
+:class:`~kadeploy_core.errors.ImageError` as they happen, including in the middle of a read, so a
 truncated or corrupt image gives one clear message and never a traceback.
 """
 
@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 import zstandard
 
-from kadeployd.environment.description import Compression
+from kadeploy_core.environment.description import Compression
+from kadeploy_core.errors import ImageError
 from kadeployd.environment.zstdframes import FrameTap, ZstdFrameError
-from kadeployd.errors import ImageError
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

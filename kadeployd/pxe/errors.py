@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from kadeployd.errors import KadeployError
+from kadeploy_core.errors import KadeployError
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kadeployd.errors import InputError, Problem
+from kadeploy_core.errors import InputError, Problem
+from kadeploy_core.filenames import check_file_name
 from kadeployd.pxe.errors import PxeError
 from kadeployd.pxe.files import atomic_write
 from kadeployd.pxe.profiles import profile_path, validate_tftp_path
@@ -44,7 +45,6 @@ USERS_DIR = "users"
 FILES_PREFIX = "FILES_PREFIX"
 
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,62}\$?$")
-_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+-]{0,127}$")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _FILE_KEYWORDS = frozenset(
     {"KERNEL", "LINUX", "INITRD", "COM32", "CONFIG", "FONT", "KBDMAP", "UI", "FDT", "FDTDIR"}
@@ -67,16 +67,6 @@ def user_dir(user: str) -> str:
     if not _USER_RE.match(user) or user in (".", ".."):
         raise PxeError(f"user name {user!r} cannot name a TFTP directory")
     return f"{USERS_DIR}/{user}"
-
-
-def check_file_name(name: str) -> str | None:
-    """None if ``name`` can be a file of ``users/<user>/``, else what is wrong with it."""
-    if _FILE_NAME_RE.match(name):
-        return None
-    return (
-        f"expected a plain file name (letters, digits, '.', '_', '+', '-', no '/', not "
-        f"starting with '.' or '-', at most 128 characters); got {name[:140]!r}"
-    )
 
 
 def check_profile(

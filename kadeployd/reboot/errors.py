@@ -8,7 +8,7 @@ KadeployError
 
 from __future__ import annotations
 
-from kadeployd.errors import KadeployError
+from kadeploy_core.errors import KadeployError
 
 
 class RebootError(KadeployError):

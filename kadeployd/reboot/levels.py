@@ -74,6 +74,13 @@ def reboot_template(power: PowerSettings, level: RebootLevel) -> CommandTemplate
     return template
 
 
+def stronger_level(power: PowerSettings, level: RebootLevel) -> RebootLevel | None:
+    """The next level above ``level`` that ``power`` has a command for, if any: where a reboot
+    without effect escalates."""
+    stronger = LEVELS[LEVELS.index(level) + 1 :]
+    return next((lv for lv in stronger if reboot_template(power, lv) is not None), None)
+
+
 def available_level(power: PowerSettings, wanted: RebootLevel) -> RebootLevel:
     """The level that will serve a ``wanted`` reboot with the commands ``power`` defines.
 

@@ -53,6 +53,7 @@ from kadeployd.store.writes import (
     RecordProgress,
     RecordState,
     Write,
+    Writes,
 )
 from kadeployd.supervision import SupervisedActor
 
@@ -107,6 +108,9 @@ class StoreActor(SupervisedActor, Store):
                 self._flush()
             case RecordState() | FinishNode() | AppendLog() | RecordProgress() | FinishDeployment():
                 self.submit(message)
+            case Writes(writes):
+                for write in writes:
+                    self.submit(write)
             case _:
                 return super().on_receive(message)
         return None

@@ -26,7 +26,7 @@ from kadeployd.events.types import (
     NodeStateChanged,
 )
 from kadeployd.store.errors import InvalidRecord, UnknownDeployment
-from kadeployd.store.queries import _deployment_row, _node_row, _status
+from kadeployd.store.queries import _node_row, _status
 from kadeployd.store.records import (
     ERROR_TAIL_CHARS,
     FINAL_NODE_STATES,
@@ -61,23 +61,70 @@ class Applied:
 NOTHING = Applied(changed=False)
 
 
-def apply_write(conn: sqlite3.Connection, write: Write) -> Applied:
-    """Apply ``write`` in the transaction open on ``conn``."""
+class Lookups:
+    """What the writes of one transaction check again and again, read once.
+
+    A batch of 100,000 writes of one deployment would otherwise read the deployment's status
+    and each node's record before every write. The memo lives for one transaction (the
+    transaction holds the database's write lock, so nobody else changes these facts meanwhile)
+    and is kept up to date by the writes that change them.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._status: dict[str, DeploymentStatus] = {}
+        self._final: dict[tuple[str, str], bool] = {}
+
+    def status(self, deployment_id: str) -> DeploymentStatus:
+        """The deployment's status; UnknownDeployment if there is none."""
+        status = self._status.get(deployment_id)
+        if status is None:
+            status = self._status[deployment_id] = deployment_status(self.conn, deployment_id)
+        return status
+
+    def node_final(self, deployment_id: str, node: str) -> bool:
+        """Whether the node is final; UnknownDeployment or UnknownNode if there is none."""
+        final = self._final.get((deployment_id, node))
+        if final is None:
+            self.status(deployment_id)
+            final = bool(_node_row(self.conn, deployment_id, node)["final"])
+            self._final[(deployment_id, node)] = final
+        return final
+
+    def node_open(self, deployment_id: str, node: str) -> bool:
+        """Whether the node may still change state: its deployment runs and it is not final."""
+        running = self.status(deployment_id) == DeploymentStatus.RUNNING
+        return not self.node_final(deployment_id, node) and running
+
+    def finished_node(self, deployment_id: str, node: str) -> None:
+        """The node was just made final."""
+        self._final[(deployment_id, node)] = True
+
+    def finished_deployment(self, deployment_id: str, status: DeploymentStatus) -> None:
+        """The deployment just ended, and with it every node still working."""
+        self._status[deployment_id] = status
+        self._final = {key: final for key, final in self._final.items() if key[0] != deployment_id}
+
+
+def apply_write(conn: sqlite3.Connection, write: Write, lookups: Lookups | None = None) -> Applied:
+    """Apply ``write`` in the transaction open on ``conn`` (with the transaction's
+    ``lookups``, if it has some)."""
+    memo = lookups or Lookups(conn)
     match write:
         case RecordState():
-            return record_state(conn, write)
+            return record_state(memo, write)
         case FinishNode():
-            return finish_node(conn, write)
+            return finish_node(memo, write)
         case AppendLog():
-            return append_log(conn, write)
+            return append_log(memo, write)
         case RecordProgress():
             return record_progress(conn, write)
         case FinishDeployment():
-            return finish_deployment(conn, write)
+            return finish_deployment(memo, write)
     raise InvalidRecord(f"not a write the store knows: {write!r}")
 
 
-def record_state(conn: sqlite3.Connection, write: RecordState) -> Applied:
+def record_state(memo: Lookups, write: RecordState) -> Applied:
     """Set a node's current state and append it to its history."""
     state, attempt = write.state, write.attempt
     if not state or state in FINAL_NODE_STATES:
@@ -88,9 +135,10 @@ def record_state(conn: sqlite3.Connection, write: RecordState) -> Applied:
     if isinstance(attempt, bool) or attempt < 0:
         raise InvalidRecord(f"attempt must be an integer >= 0, not {attempt!r}")
     deployment_id, node, now = write.deployment_id, write.node, float(write.at)
-    if not node_open(conn, deployment_id, node):
+    if not memo.node_open(deployment_id, node):
         logger.debug("%s %s: late state %s ignored", deployment_id, node, state)
         return NOTHING
+    conn = memo.conn
     conn.execute(
         "UPDATE deployment_nodes SET state = ?, macrostep = ?, variant = ?, "
         "attempt = ?, step_started_at = ?, started_at = coalesce(started_at, ?) "
@@ -112,7 +160,7 @@ def record_state(conn: sqlite3.Connection, write: RecordState) -> Applied:
     return Applied(True, (event,))
 
 
-def finish_node(conn: sqlite3.Connection, write: FinishNode) -> Applied:
+def finish_node(memo: Lookups, write: FinishNode) -> Applied:
     """Put a node in a final state, unless it already is in one."""
     state, deployment_id, node = write.state, write.deployment_id, write.node
     if state not in FINAL_NODE_STATES:
@@ -121,12 +169,12 @@ def finish_node(conn: sqlite3.Connection, write: FinishNode) -> Applied:
             f"{', '.join(sorted(FINAL_NODE_STATES))}"
             f"{did_you_mean(state, FINAL_NODE_STATES)}"
         )
-    row = require_node(conn, deployment_id, node)
-    if row["final"]:
+    if memo.node_final(deployment_id, node):
         logger.debug("%s %s: already final; %s ignored", deployment_id, node, state)
         return NOTHING
+    memo.finished_node(deployment_id, node)
     event = finish_node_row(
-        conn,
+        memo.conn,
         deployment_id=deployment_id,
         node=node,
         state=state,
@@ -138,12 +186,12 @@ def finish_node(conn: sqlite3.Connection, write: FinishNode) -> Applied:
     return Applied(True, (event,))
 
 
-def append_log(conn: sqlite3.Connection, write: AppendLog) -> Applied:
+def append_log(memo: Lookups, write: AppendLog) -> Applied:
     """Append one piece of a node's log."""
     kind = log_stream(write.stream)
-    require_node(conn, write.deployment_id, write.node)
+    memo.node_final(write.deployment_id, write.node)  # the node exists
     at = float(write.at)
-    cursor = conn.execute(
+    cursor = memo.conn.execute(
         "INSERT INTO node_logs (deployment_id, node, at, stream, text) VALUES (?, ?, ?, ?, ?)",
         (write.deployment_id, write.node, at, kind.value, write.text),
     )
@@ -172,16 +220,17 @@ def record_progress(conn: sqlite3.Connection, write: RecordProgress) -> Applied:
     return Applied(True, (NodeProgress(deployment_id, node, done, total),))
 
 
-def finish_deployment(conn: sqlite3.Connection, write: FinishDeployment) -> Applied:
+def finish_deployment(memo: Lookups, write: FinishDeployment) -> Applied:
     """End a running deployment; nothing if it had already ended."""
     final = _status(write.status)
     if final is DeploymentStatus.RUNNING:
         raise InvalidRecord("finish_deployment needs a final status: succeeded, failed or aborted")
     deployment_id = write.deployment_id
-    if deployment_status(conn, deployment_id) != DeploymentStatus.RUNNING:
+    if memo.status(deployment_id) != DeploymentStatus.RUNNING:
         logger.debug("deployment %s already finished; %s ignored", deployment_id, final)
         return NOTHING
-    events = finish_deployment_rows(conn, deployment_id, final, write.reason, float(write.at))
+    memo.finished_deployment(deployment_id, final)
+    events = finish_deployment_rows(memo.conn, deployment_id, final, write.reason, float(write.at))
     logger.info("deployment %s %s: %s", deployment_id, final, write.reason)
     return Applied(True, events)
 
@@ -207,19 +256,6 @@ def deployment_status(conn: sqlite3.Connection, deployment_id: str) -> Deploymen
     if row is None:
         raise UnknownDeployment(deployment_id)
     return DeploymentStatus(row[0])
-
-
-def require_node(conn: sqlite3.Connection, deployment_id: str, node: str) -> sqlite3.Row:
-    """The node's record; UnknownDeployment or UnknownNode if there is none."""
-    _deployment_row(conn, deployment_id)
-    return _node_row(conn, deployment_id, node)
-
-
-def node_open(conn: sqlite3.Connection, deployment_id: str, node: str) -> bool:
-    """Whether the node may still change state: its deployment runs and it is not final."""
-    status = deployment_status(conn, deployment_id)
-    row = _node_row(conn, deployment_id, node)
-    return status == DeploymentStatus.RUNNING and not row["final"]
 
 
 def append_history(
@@ -268,16 +304,11 @@ def finish_node_row(
 ) -> NodeStateChanged:
     """Make the node final and append its final state to its history."""
     error = None if state in SUCCESS_NODE_STATES else message[-ERROR_TAIL_CHARS:]
-    conn.execute(
+    row = conn.execute(
         "UPDATE deployment_nodes SET state = ?, final = 1, finished_at = ?, "
         "step_started_at = ?, error_step = ?, error_message = ? "
-        "WHERE deployment_id = ? AND node = ?",
+        "WHERE deployment_id = ? AND node = ? RETURNING macrostep, variant, attempt",
         (state, now, now, error_step, error, deployment_id, node),
-    )
-    row = conn.execute(
-        "SELECT macrostep, variant, attempt FROM deployment_nodes "
-        "WHERE deployment_id = ? AND node = ?",
-        (deployment_id, node),
     ).fetchone()
     return append_history(
         conn,

@@ -14,7 +14,7 @@ the database path in the message, so callers catch one family.
 
 from __future__ import annotations
 
-from kadeployd.errors import KadeployError
+from kadeploy_core.errors import KadeployError
 
 
 class StoreError(KadeployError):

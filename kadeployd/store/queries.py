@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from kadeploy_core.suggest import did_you_mean
 from kadeployd.store.catalogue import CatalogueReads
 from kadeployd.store.errors import InvalidRecord, StoreError, UnknownDeployment, UnknownNode
 from kadeployd.store.records import (
@@ -29,7 +30,6 @@ from kadeployd.store.records import (
 )
 from kadeployd.store.rights import RightsReads
 from kadeployd.store.usage import UsageReads
-from kadeployd.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 

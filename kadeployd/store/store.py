@@ -26,6 +26,7 @@ from typing import Any, Self
 from kadeployd.events.types import Event
 from kadeployd.store.apply import (
     Applied,
+    Lookups,
     append_history,
     apply_write,
     deployment_status,
@@ -253,28 +254,18 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
     # --- batches ---------------------------------------------------------------------------
 
     def write_batch(self, writes: Sequence[Write]) -> BatchResult:
-        """Apply ``writes`` in order in one transaction, each inside its own savepoint: a write
-        that fails (unknown node, invalid value) is logged and rolled back alone, the others
-        are kept. Late writes change nothing, as for the methods of the same names."""
-        applied = ignored = dropped = 0
-        events: list[Event] = []
-        with self._writing() as conn:
-            for write in writes:
-                conn.execute("SAVEPOINT batch_write")
-                try:
-                    result = apply_write(conn, write)
-                except (StoreError, sqlite3.Error, TypeError, ValueError) as exc:
-                    conn.execute("ROLLBACK TO batch_write")
-                    conn.execute("RELEASE batch_write")
-                    dropped += 1
-                    logger.warning("store: write dropped: %s: %r", exc, write)
-                    continue
-                conn.execute("RELEASE batch_write")
-                if result.changed:
-                    applied += 1
-                    events.extend(result.events)
-                else:
-                    ignored += 1
+        """Apply ``writes`` in order in one transaction: a write that fails (unknown node,
+        invalid value) is logged and rolled back alone, the others are kept. Late writes change
+        nothing, as for the methods of the same names.
+
+        Failing writes are bugs, so the batch is first written without a savepoint per write;
+        only if one fails is the transaction rolled back and written again with a savepoint
+        around each write.
+        """
+        try:
+            applied, ignored, dropped, events = self._apply_batch(writes, savepoints=False)
+        except _BadWrite:
+            applied, ignored, dropped, events = self._apply_batch(writes, savepoints=True)
         stats = self._stats
         stats.batches += 1
         stats.largest_batch = max(stats.largest_batch, len(writes))
@@ -283,6 +274,36 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
         stats.dropped += dropped
         self._after_commit(events)
         return BatchResult(applied, ignored, dropped, tuple(events))
+
+    def _apply_batch(
+        self, writes: Sequence[Write], *, savepoints: bool
+    ) -> tuple[int, int, int, list[Event]]:
+        applied = ignored = dropped = 0
+        events: list[Event] = []
+        with self._writing() as conn:
+            lookups = Lookups(conn)
+            for write in writes:
+                if savepoints:
+                    conn.execute("SAVEPOINT batch_write")
+                try:
+                    result = apply_write(conn, write, lookups)
+                except (StoreError, sqlite3.Error, TypeError, ValueError) as exc:
+                    if not savepoints:
+                        raise _BadWrite from exc
+                    conn.execute("ROLLBACK TO batch_write")
+                    conn.execute("RELEASE batch_write")
+                    lookups = Lookups(conn)  # what the failed write changed is rolled back
+                    dropped += 1
+                    logger.warning("store: write dropped: %s: %r", exc, write)
+                    continue
+                if savepoints:
+                    conn.execute("RELEASE batch_write")
+                if result.changed:
+                    applied += 1
+                    events.extend(result.events)
+                else:
+                    ignored += 1
+        return applied, ignored, dropped, events
 
     def stats(self) -> dict[str, int]:
         """Counters of the writes since the store was opened (see
@@ -325,6 +346,10 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
 
 
 # --- helpers running inside a write transaction ---------------------------------------------
+
+
+class _BadWrite(Exception):
+    """A write of a batch written without savepoints failed: write it again with them."""
 
 
 def _now(at: float | None) -> float:

@@ -79,6 +79,15 @@ class FinishDeployment:
 Write = RecordState | FinishNode | AppendLog | RecordProgress | FinishDeployment
 """Any write the store accepts without being asked."""
 
+
+@dataclass(frozen=True, slots=True)
+class Writes:
+    """Several writes of one sender, told as one message: a node actor that records a state
+    change and two log lines while handling one message sends them together."""
+
+    writes: tuple[Write, ...]
+
+
 WRITE_TYPES: tuple[type[Write], ...] = (
     RecordState,
     FinishNode,

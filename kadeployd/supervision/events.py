@@ -17,7 +17,7 @@ from typing import Any
 
 import pykka
 
-from kadeployd.errors import KadeployError
+from kadeploy_core.errors import KadeployError
 from kadeployd.supervision.policy import ExitKind
 
 logger = logging.getLogger(__name__)

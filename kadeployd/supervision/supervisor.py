@@ -39,7 +39,7 @@ from typing import Any
 import pykka
 from pykka.messages import ProxyGetAttr
 
-from kadeployd.suggest import did_you_mean
+from kadeploy_core.suggest import did_you_mean
 from kadeployd.supervision.events import (
     ChildExited,
     ChildRestarted,

@@ -1,9 +1,15 @@
-"""What a microstep gets to work with, and how it reports failure.
+"""What a microstep gets to work with, and how it reports its outcome.
 
-Microsteps run in a worker thread owned by the node's actor, never in an actor's own thread:
-they block on SSH commands and reboots, bounded by their own timeouts, and the actor stays
-free to handle an abort or the variant's timeout at once. ``cancelled`` is set by the actor in
-both cases; a step waiting on anything waits on it too.
+Microsteps run on the daemon's bounded pools (:mod:`kadeployd.runtime`), never in an actor's
+own thread: they block on SSH commands, bounded by their own timeouts, and the node's actor
+stays free to handle an abort or the variant's timeout at once. ``cancelled`` is set by the
+actor in both cases; a step waiting on anything waits on it too.
+
+A step never waits for long itself: one that must wait for the node (a reboot, a boot)
+checks once and returns :class:`Again`; the actor runs it again after that many seconds, on a
+timer, or as soon as something calls :meth:`StepContext.wake` (e.g. the reboot service's
+answer). Between two runs no thread is held. ``scratch`` keeps what a step needs across its
+runs; ``memory`` keeps facts across steps and attempts.
 """
 
 from __future__ import annotations
@@ -13,23 +19,26 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kadeploy_core.errors import KadeployError
+from kadeploy_core.policy import Position
 from kadeployd.adapters.commands import CommandResult
 from kadeployd.config import DiskSettings, Node
-from kadeployd.errors import KadeployError
 from kadeployd.pxe.profiles import BootTarget
 from kadeployd.reboot.levels import RebootLevel
 from kadeployd.workflow.cancel import CancelToken
 from kadeployd.workflow.job import DeploymentJob
-from kadeployd.workflow.policy import Position
-from kadeployd.workflow.states import NodeState
+
+
+@dataclass(frozen=True, slots=True)
+class Again:
+    """A microstep's answer meaning "not yet": run me again in ``after`` seconds, or sooner
+    if woken."""
+
+    after: float
 
 
 class StepFailed(KadeployError):
     """An expected failure of a microstep (node unreachable, command failed): retried."""
-
-
-class SoftRebootUnconfirmed(StepFailed):
-    """``ssh node reboot`` ended in error, which it usually does as the node goes down."""
 
 
 class StepCancelled(KadeployError):
@@ -59,8 +68,11 @@ class NodeServices(Protocol):
         """Write the node's PXE profile (bounded wait)."""
         ...
 
-    def reboot(self, level: RebootLevel, cancelled: CancelToken) -> None:
-        """Reboot the node at ``level``; raise StepFailed if the command failed."""
+    def request_reboot(
+        self, level: RebootLevel, cancelled: CancelToken, wake: Callable[[], None]
+    ) -> RebootTicket:
+        """Ask the reboot service to reboot the node at ``level``; ``wake()`` is called when
+        the answer is in (from another thread)."""
         ...
 
     def probe(self) -> ProbeView:
@@ -101,6 +113,15 @@ class NodeServices(Protocol):
         ...
 
 
+class RebootTicket(Protocol):
+    """A reboot request on its way."""
+
+    def outcome(self) -> bool | None:
+        """None while the command has not answered; True once it succeeded. Raises
+        StepFailed if it failed, StepCancelled if cancelled."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeView:
     """What a probe saw."""
@@ -108,6 +129,8 @@ class ProbeView:
     reachable: bool
     cmdline: str = ""
     error: str = ""
+    boot_id: str = ""
+    """The kernel's id of the boot the node runs ("" when it could not be read)."""
 
 
 @dataclass
@@ -120,11 +143,14 @@ class StepContext:
     variant: str
     services: NodeServices
     cancelled: CancelToken
-    set_state: Callable[[NodeState], None]
     log: Callable[[str, str], None]
     """``log(stream, text)``: kept in the node's log in the store."""
+    wake: Callable[[], None]
+    """Run the step again now rather than after its :class:`Again` delay (any thread)."""
     memory: dict[str, str] = field(default_factory=dict)
     """Facts a later step needs, e.g. the deploy env's host key (survives retries)."""
+    scratch: dict[str, Any] = field(default_factory=dict)
+    """What one microstep keeps between its runs (emptied when the next microstep starts)."""
 
     @property
     def disk(self) -> DiskSettings:
@@ -148,11 +174,6 @@ class StepContext:
     def command_timeout(self) -> float:
         """Upper bound of any single remote command."""
         return self.node.settings.ssh.command_timeout
-
-    def wait(self, seconds: float) -> None:
-        """Wait ``seconds`` unless cancelled first (then raise StepCancelled)."""
-        if self.cancelled.wait(seconds):
-            raise StepCancelled(self.cancelled.reason)
 
     def check_cancelled(self) -> None:
         """Raise StepCancelled if the step was cancelled."""

@@ -15,10 +15,10 @@ import shlex
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from kadeployd.workflow.context import StepContext, StepFailed
-from kadeployd.workflow.custom_ops import POST, PRE, SUBSTITUTE, CustomOperation
+from kadeploy_core.custom_ops import POST, PRE, SUBSTITUTE, CustomOperation
+from kadeployd.workflow.context import Again, StepContext, StepFailed
 from kadeployd.workflow.job import MOUNT_POINT
-from kadeployd.workflow.variants import Microstep
+from kadeployd.workflow.steps import StepRunner
 
 logger = logging.getLogger(__name__)
 
@@ -30,23 +30,29 @@ _RUN = '"$0" "$@"; status=$?; rm -f -- "$0"; exit $status'
 _VARIABLE = re.compile(r"\$(?:\{(KADEPLOY_[A-Z_]+)\}|(KADEPLOY_[A-Z_]+))")
 
 
-def run_microstep(ctx: StepContext, microstep: Microstep) -> None:
-    """Run ``microstep`` with the custom operations the deployment puts around it."""
+def run_microstep(ctx: StepContext, name: str, runner: StepRunner, first: bool) -> Again | None:
+    """Run microstep ``name`` with the custom operations the deployment puts around it.
+
+    A step that answers :class:`Again` runs several times: its pre-operations run before its
+    first run (``first``), its post-operations after the run that completes it.
+    """
     custom = ctx.job.request.custom_steps
-    around = custom.around(ctx.position.macrostep, ctx.variant, microstep.name) if custom else None
+    around = custom.around(ctx.position.macrostep, ctx.variant, name) if custom else None
     if around is None:
-        microstep.run(ctx)
-        return
-    for op in around.pre:
-        run_operation(ctx, op, PRE, microstep.name)
+        return runner.run(ctx)
+    if first:
+        for op in around.pre:
+            run_operation(ctx, op, PRE, name)
     if around.substitute is None:
-        microstep.run(ctx)
+        if (again := runner.run(ctx)) is not None:
+            return again
     else:
-        ctx.log("info", f"custom substitute of {microstep.name}: the microstep does not run")
+        ctx.log("info", f"custom substitute of {name}: the microstep does not run")
         for op in around.substitute:
-            run_operation(ctx, op, SUBSTITUTE, microstep.name)
+            run_operation(ctx, op, SUBSTITUTE, name)
     for op in around.post:
-        run_operation(ctx, op, POST, microstep.name)
+        run_operation(ctx, op, POST, name)
+    return None
 
 
 def environment(ctx: StepContext) -> dict[str, str]:

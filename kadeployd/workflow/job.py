@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from kadeployd.environment import EnvironmentDescription
-from kadeployd.errors import KadeployError
+from kadeploy_core.breakpoint import Breakpoint
+from kadeploy_core.custom_ops import CustomSteps
+from kadeploy_core.environment import EnvironmentDescription, ImageKind
+from kadeploy_core.errors import KadeployError
+from kadeploy_core.plans import Operation
 from kadeployd.reboot.levels import RebootLevel
-
-if TYPE_CHECKING:  # at run time they import this module (a cycle)
-    from kadeployd.workflow.breakpoint import Breakpoint
-    from kadeployd.workflow.custom_ops import CustomSteps
 
 MOUNT_POINT = "/mnt/dest"
 """Where the deploy partition is mounted in the deploy env (Kadeploy3's path)."""
-
-
-class Operation(StrEnum):
-    """What a job does to its nodes: a deployment, or a kareboot that reuses its workflow
-    (only some macrosteps run; see kadeployd/workflow/operations.py)."""
-
-    DEPLOY = "deploy"
-    DEPLOY_ENV = "deploy_env"
-    """kareboot -r deploy_env: PXE to the deploy kernel, reboot, wait for the deploy env."""
-    RECORDED_ENV = "recorded_env"
-    """kareboot -r recorded_env: boot the environment already on the deploy partition."""
 
 
 class NoEnvironment(BaseModel):
@@ -143,3 +130,14 @@ class DeploymentJob:
     def node_count(self) -> int:
         """``n`` in timeout expressions."""
         return len(self.request.nodes)
+
+    @property
+    def publishes_boot_files(self) -> bool:
+        """Whether the job needs the environment's kernel on the TFTP server: a deployment
+        does (it checks its image), a reboot into a recorded tar environment does, the others
+        chain to a partition or boot the deploy kernel."""
+        if self.operation == Operation.DEPLOY:
+            return True
+        if self.operation == Operation.DEPLOY_ENV:
+            return False
+        return self.environment.image.kind == ImageKind.TAR

@@ -9,10 +9,11 @@ Pure logic fed with each node's final state by the DeploymentManager.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from kadeployd.workflow.states import NodeState
+from kadeploy_core.machine import NodeState
 
 
 class Verdict(StrEnum):
@@ -31,20 +32,28 @@ class Tally:
     nodes: tuple[str, ...]
     min_nodes: int | None = None
     finished: dict[str, NodeState] = field(default_factory=dict)
+    _counts: Counter[NodeState] = field(default_factory=Counter, init=False, repr=False)
+    """Final states counted as they come: a verdict after each of 10,000 nodes stays O(1)."""
 
     def __post_init__(self) -> None:
         if self.min_nodes is not None and not 1 <= self.min_nodes <= len(self.nodes):
             raise ValueError(f"min_nodes must be between 1 and {len(self.nodes)}")
+        self._counts.update(self.finished.values())
 
     @property
     def deployed(self) -> int:
         """Nodes whose final state is DEPLOYED."""
-        return sum(1 for s in self.finished.values() if s == NodeState.DEPLOYED)
+        return self._counts[NodeState.DEPLOYED]
 
     @property
     def breakpointed(self) -> int:
         """Nodes stopped at the deployment's breakpoint (a success, like DEPLOYED)."""
-        return sum(1 for s in self.finished.values() if s == NodeState.BREAKPOINTED)
+        return self._counts[NodeState.BREAKPOINTED]
+
+    @property
+    def unfinished_count(self) -> int:
+        """How many nodes are still working."""
+        return len(self.nodes) - len(self.finished)
 
     @property
     def succeeded(self) -> int:
@@ -60,13 +69,15 @@ class Tally:
         """Note that ``node`` reached the final ``state`` (the first report wins)."""
         if not state.final:
             raise ValueError(f"{state} is not a final state")
-        self.finished.setdefault(node, state)
+        if node not in self.finished:
+            self.finished[node] = state
+            self._counts[state] += 1
 
     def verdict(self) -> tuple[Verdict, str]:
         """The deployment's status now, and why."""
         if self.min_nodes is not None:
-            possible = self.succeeded + len(self.unfinished)
-            if self.succeeded >= self.min_nodes and self.unfinished:
+            possible = self.succeeded + self.unfinished_count
+            if self.succeeded >= self.min_nodes and self.unfinished_count:
                 return Verdict.SUCCEEDED, f"min nodes reached ({self.succeeded}/{self.min_nodes})"
             if possible < self.min_nodes:
                 failed = len(self.nodes) - possible
@@ -74,7 +85,7 @@ class Tally:
                     f"{self.min_nodes} deployed nodes needed, at most {possible} possible "
                     f"({failed} node{'s' if failed > 1 else ''} failed)"
                 )
-        if self.unfinished:
+        if self.unfinished_count:
             return Verdict.RUNNING, ""  # without min_nodes, every node goes to its end
         summary = f"{self.deployed}/{len(self.nodes)} nodes deployed"
         if self.breakpointed:

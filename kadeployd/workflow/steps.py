@@ -1,15 +1,22 @@
 """The microsteps of the deployment workflow, Kadeploy3 style.
 
 Each is a function of a :class:`StepContext` that raises :class:`StepFailed` when the node does
-not do what it should. Remote work is shell text run over SSH; every value that comes from
-configuration or from an environment description is quoted with :func:`shlex.quote`.
+not do what it should, and returns :class:`Again` when it waits for the node (checked again
+later, no thread held meanwhile). Which state a node is in while a step runs is not the
+step's business: the plans of :mod:`kadeploy_core.plans` say it. :data:`STEPS` binds the plans'
+microstep names to these functions and to the pool they run on. Remote work is shell text run
+over SSH; every value that comes from configuration or from an environment description is
+quoted with :func:`shlex.quote`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shlex
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import BinaryIO
 
 from kadeployd.chain import (
@@ -21,10 +28,9 @@ from kadeployd.chain import (
 )
 from kadeployd.environment import Compression, ImageKind, ScriptArchive
 from kadeployd.pxe.profiles import ChainPartition, DeployKernel, NetworkKernel
-from kadeployd.reboot.levels import LEVELS, RebootLevel, escalate
-from kadeployd.workflow.context import SoftRebootUnconfirmed, StepContext, StepFailed
+from kadeployd.reboot.levels import LEVELS, RebootLevel, escalate, stronger_level
+from kadeployd.workflow.context import Again, ProbeView, RebootTicket, StepContext, StepFailed
 from kadeployd.workflow.job import MOUNT_POINT
-from kadeployd.workflow.states import NodeState
 
 DEPLOY_MARKER = "kadeploy.deployment"
 """Kernel parameter added to the deploy env's APPEND line: seeing ``kadeploy.deployment=<id>``
@@ -61,47 +67,125 @@ def switch_pxe_to_deploy_env(ctx: StepContext) -> None:
     ctx.services.set_pxe(DeployKernel(boot.deploy_kernel, boot.deploy_initrd, params))
 
 
-def reboot_escalating(ctx: StepContext) -> None:
+def reboot_escalating(ctx: StepContext) -> Again | None:
     """Reboot: soft on the first attempt, hard on the second, very hard after."""
-    reboot_at_least(ctx, RebootLevel.SOFT)
+    return reboot_at_least(ctx, RebootLevel.SOFT)
 
 
-def reboot_hard(ctx: StepContext) -> None:
+def reboot_hard(ctx: StepContext) -> Again | None:
     """Reboot through the BMC whatever the attempt (the ``hard_reboot`` variant)."""
-    reboot_at_least(ctx, RebootLevel.HARD)
+    return reboot_at_least(ctx, RebootLevel.HARD)
 
 
-def reboot_at_least(ctx: StepContext, level: RebootLevel) -> None:
+REBOOT_ANSWER_CHECK = 30.0
+"""Seconds between two looks at a reboot request that has not answered: its answer wakes the
+step at once; this only bounds how long a lost wake-up could go unseen."""
+
+
+def reboot_at_least(ctx: StepContext, level: RebootLevel) -> Again | None:
     """Reboot at ``level``, or harder when the escalation of this attempt (soft, hard, very
-    hard) is stronger."""
-    level = max(level, escalate(ctx.position.attempt), key=LEVELS.index)
-    ctx.memory["host_key_before_reboot"] = ctx.services.host_key() or ""
-    ctx.services.reset_shell()
-    ctx.log("info", f"{level} reboot")
-    try:
-        ctx.services.reboot(level, ctx.cancelled)
-    except SoftRebootUnconfirmed as exc:
-        # Whether the soft reboot worked is for the wait that follows to tell.
-        ctx.log("info", f"{exc}; waiting for the node anyway")
+    hard) is stronger. The first run asks the reboot service; the answer wakes the step.
 
-
-def await_deploy_env(ctx: StepContext) -> None:
-    """Return once the node answers SSH in this deployment's deploy env (its id in
-    /proc/cmdline), probing every ``boot.check_interval``."""
-    marker = f"{DEPLOY_MARKER}={ctx.job.deployment_id}"
-    interval = ctx.node.settings.boot.check_interval
-    while True:
+    Reboots escalate on evidence, within the attempt: a command that fails is followed at once
+    by the next stronger one (a soft reboot into an environment that does not trust the
+    daemon's key fails with "Permission denied" at once); the wait that follows escalates a
+    reboot whose node is not seen going down (:func:`watch_reboot`).
+    """
+    if "reboot" not in ctx.scratch:
+        level = max(level, escalate(ctx.position.attempt), key=LEVELS.index)
         seen = ctx.services.probe()
-        if seen.reachable and marker in seen.cmdline.split():
-            return
-        ctx.wait(interval)
+        ctx.memory["boot_id_before_reboot"] = seen.boot_id if seen.reachable else ""
+        ctx.memory["host_key_before_reboot"] = ctx.services.host_key() or ""
+        ctx.services.reset_shell()
+        _order_reboot(ctx, level, evidence="")
+        return Again(REBOOT_ANSWER_CHECK)
+    return _reboot_answered(ctx)
 
 
-def wait_deploy_env(ctx: StepContext) -> None:
+def _order_reboot(ctx: StepContext, level: RebootLevel, evidence: str) -> None:
+    ctx.log(
+        "info", f"{evidence}: escalating to a {level} reboot" if evidence else f"{level} reboot"
+    )
+    ctx.scratch["reboot"] = ctx.services.request_reboot(level, ctx.cancelled, ctx.wake)
+    ctx.scratch["level"] = level
+
+
+def _reboot_answered(ctx: StepContext) -> Again | None:
+    """None once the reboot ordered by :func:`_order_reboot` succeeded; a failed command is
+    followed by the next stronger one (StepFailed when there is none)."""
+    ticket: RebootTicket = ctx.scratch["reboot"]
+    level: RebootLevel = ctx.scratch["level"]
+    try:
+        if ticket.outcome() is None:
+            return Again(REBOOT_ANSWER_CHECK)
+    except StepFailed as exc:
+        stronger = stronger_level(ctx.node.settings.power, level)
+        if stronger is None:
+            raise
+        _order_reboot(ctx, stronger, evidence=str(exc))
+        return Again(REBOOT_ANSWER_CHECK)
+    del ctx.scratch["reboot"]
+    ctx.memory["reboot_level"] = level.value
+    ctx.memory["reboot_answered_at"] = repr(time.monotonic())
+    return None
+
+
+def watch_reboot(ctx: StepContext, *, down: bool, seen: ProbeView | None = None) -> Again | None:
+    """For a step waiting for a node to come back from its reboot, and not seeing it yet:
+    escalate when the node was never seen going down (``down``: it did not answer) and, the
+    reboot's grace (``power.soft_reboot_grace``, ``power.hard_reboot_grace``) over, it still
+    runs the same boot (its boot id from ``seen`` or a new probe; its host key when the daemon
+    cannot log in). Again while an escalated reboot is on its way, else None."""
+    if "reboot" in ctx.scratch:
+        return _reboot_answered(ctx)
+    if down:
+        ctx.scratch["down"] = True
+    if ctx.scratch.get("down") or not ctx.memory.get("reboot_answered_at"):
+        return None
+    level = RebootLevel(ctx.memory["reboot_level"])
+    power = ctx.node.settings.power
+    grace = power.soft_reboot_grace if level == RebootLevel.SOFT else power.hard_reboot_grace
+    waited = time.monotonic() - float(ctx.memory["reboot_answered_at"])
+    stronger = stronger_level(ctx.node.settings.power, level)
+    if waited < grace or stronger is None:
+        return None
+    evidence = _same_boot(ctx, seen or ctx.services.probe())
+    if evidence is None:
+        ctx.scratch["down"] = True  # it did reboot, between two looks
+        return None
+    _order_reboot(ctx, stronger, f"{evidence} {waited:.0f} s after its {level} reboot")
+    return Again(REBOOT_ANSWER_CHECK)
+
+
+def _same_boot(ctx: StepContext, seen: ProbeView) -> str | None:
+    """What shows that the node still runs the boot it ran before its reboot, or None."""
+    before = ctx.memory.get("boot_id_before_reboot", "")
+    if seen.reachable and before and seen.boot_id:
+        return f"the node still runs boot {before}" if seen.boot_id == before else None
+    key, key_before = ctx.services.host_key(), ctx.memory.get("host_key_before_reboot", "")
+    if key and key == key_before:
+        return "the node still answers with the same host key"
+    return None
+
+
+def await_deploy_env(ctx: StepContext) -> Again | None:
+    """Done once the node answers SSH in this deployment's deploy env (its id in
+    /proc/cmdline); else look again in ``boot.check_interval`` seconds."""
+    marker = f"{DEPLOY_MARKER}={ctx.job.deployment_id}"
+    seen = ctx.services.probe()
+    if seen.reachable and marker in seen.cmdline.split():
+        return None
+    if (again := watch_reboot(ctx, down=not seen.reachable, seen=seen)) is not None:
+        return again
+    return Again(ctx.node.settings.boot.check_interval)
+
+
+def wait_deploy_env(ctx: StepContext) -> Again | None:
     """Wait until the node answers SSH in this deployment's deploy env."""
-    await_deploy_env(ctx)
+    if (again := await_deploy_env(ctx)) is not None:
+        return again
     ctx.memory["deploy_env_host_key"] = ctx.services.host_key() or ""
-    ctx.set_state(NodeState.DEPLOY_ENV)
+    return None
 
 
 def check_prod_env(ctx: StepContext) -> None:
@@ -115,7 +199,6 @@ def check_prod_env(ctx: StepContext) -> None:
             f"the deploy partition {ctx.deploy_device} is the running root of the prod env"
         )
     ctx.memory["deploy_env_host_key"] = ctx.services.host_key() or ""
-    ctx.set_state(NodeState.DEPLOY_ENV)
 
 
 def partition_disk(ctx: StepContext) -> None:
@@ -189,7 +272,6 @@ def send_image_direct(ctx: StepContext) -> None:
     """Stream the image from the server to this node over SSH, decompressing on the node."""
     writer = _image_writer(ctx)
     with ctx.services.broadcast_slot(ctx.cancelled):
-        ctx.set_state(NodeState.TRANSFERRING)
         try:
             with ctx.job.image.open("rb") as image:
                 total = ctx.job.image.stat().st_size
@@ -231,7 +313,6 @@ def send_image_chain(ctx: StepContext) -> None:
                 elif event.kind == "progress":
                     ctx.services.progress(min(event.bytes, total), total)
 
-    ctx.set_state(NodeState.TRANSFERRING)
     ctx.services.progress(0, total)
     ctx.log("cmd", shlex.join(argv))
     result = ctx.services.shell().run(
@@ -321,12 +402,104 @@ def switch_pxe_to_deployed_env(ctx: StepContext) -> None:
     ctx.services.set_pxe(NetworkKernel(refs.kernel, refs.initrd, params))
 
 
-def wait_deployed_env(ctx: StepContext) -> None:
+def wait_deployed_env(ctx: StepContext) -> Again | None:
     """Wait until SSH answers with another host key than the deploy env's: the new env."""
     old_keys = {ctx.memory.get("deploy_env_host_key"), ctx.memory.get("host_key_before_reboot")}
-    interval = ctx.node.settings.boot.check_interval
-    while True:
-        key = ctx.services.host_key()
-        if key and key not in old_keys:
-            return
-        ctx.wait(interval)
+    key = ctx.services.host_key()
+    if key and key not in old_keys:
+        return None
+    if (again := watch_reboot(ctx, down=key is None)) is not None:
+        return again
+    return Again(ctx.node.settings.boot.check_interval)
+
+
+# ---------------------------------------------------------------- kareboot operations
+
+
+def wait_for_deploy_env(ctx: StepContext) -> Again | None:
+    """kareboot deploy_env: wait until the node answers SSH in the deploy env booted for this
+    job, without going on to partition: the operation ends there."""
+    if (again := await_deploy_env(ctx)) is not None:
+        return again
+    ctx.log("info", "the deploy env answers")
+    return None
+
+
+def reboot_from_level(ctx: StepContext) -> Again | None:
+    """Reboot at the level asked (``kareboot -l``) on the first attempt, and at least as hard
+    as the escalation (soft, hard, very hard) on the retries."""
+    return reboot_at_least(ctx, ctx.job.request.reboot_level)
+
+
+DOWN_CONFIRMATIONS = 2
+"""Host-key probes in a row that must fail before a node counts as gone down for its reboot
+(one failed probe may be a lost packet while the old system still runs)."""
+
+
+def wait_for_recorded_env(ctx: StepContext) -> Again | None:
+    """kareboot recorded_env: wait until the node answers SSH again after its reboot.
+
+    A deployment knows the new env by a host key other than the deploy env's. Here the node
+    may already run the environment it reboots into, and come back with the same key: so a
+    node also counts as rebooted once it was seen down, then answers, whatever its key.
+    """
+    before = ctx.memory.get("host_key_before_reboot")
+    misses: int = ctx.scratch.get("misses", 0)
+    key = ctx.services.host_key()
+    if key and (key != before or misses >= DOWN_CONFIRMATIONS):
+        return None
+    ctx.scratch["misses"] = 0 if key else misses + 1
+    if (again := watch_reboot(ctx, down=misses + 1 >= DOWN_CONFIRMATIONS)) is not None:
+        return again
+    return Again(ctx.node.settings.boot.check_interval)
+
+
+# ---------------------------------------------------------------- the names of the plans
+
+
+class Pool(StrEnum):
+    """Where a microstep runs."""
+
+    INLINE = "inline"
+    """In the node actor's own thread: for steps that neither block nor wait."""
+    SSH = "ssh"
+    """On the SSH pool: remote commands, probes, and reboots (which probe the host key)."""
+    FILES = "files"
+    """On the file-work pool: PXE profiles (an ask of the PXE actor, which writes files)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepRunner:
+    """The code behind a microstep name, and the pool it runs on."""
+
+    run: Callable[[StepContext], Again | None]
+    pool: Pool
+
+
+STEPS: dict[str, StepRunner] = {
+    "nothing": StepRunner(nothing, Pool.INLINE),
+    "switch_pxe_to_deploy_env": StepRunner(switch_pxe_to_deploy_env, Pool.FILES),
+    "switch_pxe_to_deployed_env": StepRunner(switch_pxe_to_deployed_env, Pool.FILES),
+    **{
+        step.__name__: StepRunner(step, Pool.SSH)
+        for step in (
+            reboot_escalating,
+            reboot_hard,
+            reboot_from_level,
+            wait_deploy_env,
+            wait_for_deploy_env,
+            wait_deployed_env,
+            wait_for_recorded_env,
+            check_prod_env,
+            partition_disk,
+            format_deploy_partition,
+            send_image_chain,
+            send_image_direct,
+            run_postinstalls,
+            copy_user_keys,
+            check_kernel_files,
+            sync_and_umount,
+        )
+    },
+}
+"""Every microstep name of :mod:`kadeploy_core.plans`, bound to its code."""

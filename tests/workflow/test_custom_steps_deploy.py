@@ -15,11 +15,11 @@ import pytest
 import yaml
 from workflow_helpers import ConfEdit, deploy, os_release, ssh_output, variant, variants
 
+from kadeploy_core.breakpoint import parse_breakpoint
+from kadeploy_core.custom_ops import CustomSteps, parse_custom_steps
+from kadeploy_core.yamldoc import parse_yaml
 from kadeployd.daemon import Daemon
 from kadeployd.pxe.profiles import profile_path
-from kadeployd.workflow.breakpoint import parse_breakpoint
-from kadeployd.workflow.custom_ops import CustomSteps, parse_custom_steps
-from kadeployd.yamldoc import parse_yaml
 
 pytestmark = pytest.mark.root
 

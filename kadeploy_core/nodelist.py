@@ -3,7 +3,7 @@
 A nodefile has one name per line; blank lines and ``#`` comments are ignored, and a name
 repeated (OAR writes one line per reserved core) counts once, at its first line. A ``-m``
 argument is a name, a comma list, or a range (``node-[1-16]``, ``node-[01-10,12]``, see
-:mod:`kadeployd.ranges`). Names are then checked against the configured nodes: every unknown
+:mod:`kadeploy_core.ranges`). Names are then checked against the configured nodes: every unknown
 one is reported at once, with the file and line it came from and the nearest known names.
 """
 
@@ -15,9 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kadeployd.errors import NodeListError, Problem
-from kadeployd.ranges import RangeError, expand_range
-from kadeployd.suggest import did_you_mean
+from kadeploy_core.errors import NodeListError, Problem
+from kadeploy_core.ranges import RangeError, expand_range
+from kadeploy_core.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 

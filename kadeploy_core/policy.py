@@ -1,18 +1,40 @@
 """Retry and fallback policy: what a node does after a variant attempt fails.
 
-Pure logic, driven by the variant lists of the configuration: a node retries the variant it
-is on until its ``retries`` are spent, then falls to the next variant of the macrostep, and
-fails when none is left. Each macrostep that succeeds hands over to the next one starting from
-its first variant.
+Pure logic, driven by the variant lists of the configuration (``automata.macrosteps``): a node
+retries the variant it is on until its ``retries`` are spent, then falls to the next variant of
+the macrostep, and fails when none is left. Each macrostep that succeeds hands over to the next
+one starting from its first variant.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from kadeployd.config import Macrostep, Macrosteps, Variant
+from kadeploy_core.plans import Macrostep
 
-MACROSTEPS = tuple(Macrostep)
+
+class Variant(Protocol):
+    """A configured variant, as the policy sees it."""
+
+    @property
+    def type(self) -> str:
+        """The variant's name (``chain``, ``untrusted``...)."""
+        ...
+
+    @property
+    def retries(self) -> int:
+        """How many times a failed attempt is tried again before the next variant."""
+        ...
+
+
+class VariantLists(Protocol):
+    """The configured variant list of each macrostep (``automata.macrosteps``)."""
+
+    def variants(self, macrostep: Macrostep) -> Sequence[Variant]:
+        """The variants of ``macrostep``, tried in order."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +56,8 @@ class Position:
 class Plan:
     """A node's variant lists, and how to move through them."""
 
-    macrosteps: Macrosteps
-    order: tuple[Macrostep, ...] = MACROSTEPS
+    macrosteps: VariantLists
+    order: tuple[Macrostep, ...] = tuple(Macrostep)
     """The macrosteps run, in order: all three for a deployment, fewer for a reboot operation."""
 
     def variant(self, position: Position) -> Variant:

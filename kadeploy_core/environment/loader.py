@@ -2,7 +2,7 @@
 
 Every problem (broken YAML, a top level that is not a mapping, wrong types, unknown keys,
 missing keys, missing files) is collected in one pass and raised as one
-:class:`~kadeployd.errors.EnvironmentError_`.
+:class:`~kadeploy_core.errors.EnvironmentError_`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from kadeployd.environment.description import (
+from kadeploy_core.environment.description import (
     BASE_DIR,
     CUSTOM_ERROR,
     EnvironmentDescription,
 )
-from kadeployd.errors import EnvironmentError_, Problem
-from kadeployd.validation import expected_at, problems_from, shown
-from kadeployd.yamldoc import YamlDocument, YamlLoadError, load_yaml_file, parse_yaml
+from kadeploy_core.errors import EnvironmentError_, Problem
+from kadeploy_core.validation import expected_at, problems_from, shown
+from kadeploy_core.yamldoc import YamlDocument, YamlLoadError, load_yaml_file, parse_yaml
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from kadeployd.config import Macrostep
-from kadeployd.workflow.stepnames import StepScope, check_microstep, resolve_macrostep
+from kadeploy_core.plans import Macrostep
+from kadeploy_core.stepnames import StepScope, check_microstep, resolve_macrostep
 
 logger = logging.getLogger(__name__)
 

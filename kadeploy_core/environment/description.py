@@ -25,7 +25,7 @@ files must exist. ``script`` is a command line run from the extracted archive; i
 is a path inside the archive; ``none`` (as in Kadeploy3) or no ``script`` means none.
 
 The ``description`` of each field is the phrase used in error messages after "expected".
-Loading and error reporting live in :mod:`kadeployd.environment.loader`.
+Loading and error reporting live in :mod:`kadeploy_core.environment.loader`.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from kadeployd.errors import Problem
-from kadeployd.validation import shown
-from kadeployd.yamldoc import KeyPath, dotted
+from kadeploy_core.errors import Problem
+from kadeploy_core.validation import shown
+from kadeploy_core.yamldoc import KeyPath, dotted
 
 logger = logging.getLogger(__name__)
 

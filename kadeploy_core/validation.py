@@ -30,9 +30,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from kadeployd.errors import Problem
-from kadeployd.suggest import closest, did_you_mean
-from kadeployd.yamldoc import KeyPath, dotted
+from kadeploy_core.errors import Problem
+from kadeploy_core.suggest import closest, did_you_mean
+from kadeploy_core.yamldoc import KeyPath, dotted
 
 logger = logging.getLogger(__name__)
 

@@ -112,7 +112,7 @@ class EnvironmentFiles(_In):
 
 class CustomStepsIn(_In):
     """``kadeploy --custom-steps``: the document (macrostep -> microstep -> pre-ops, substitute
-    or post-ops -> operations; checked by the daemon, see kadeployd/workflow/custom_ops.py),
+    or post-ops -> operations; checked by the daemon, see kadeploy_core/custom_ops.py),
     each ``file`` of its operations naming one of ``files``."""
 
     steps: dict[Annotated[str, Field(max_length=100)], Any] = Field(

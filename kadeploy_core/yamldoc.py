@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from kadeployd.errors import Problem
+from kadeploy_core.errors import Problem
 
 KeyPath = tuple[str | int, ...]
 

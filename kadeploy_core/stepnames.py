@@ -3,7 +3,7 @@
 A macrostep is named generically (``BroadcastEnv``: whichever variant runs) or, Kadeploy3
 style, with its variant's class name (``BroadcastEnvChain``: only while the ``chain`` variant
 runs; ``BroadcastEnvKascade`` is Kadeploy3's name of the chain). Microstep names are those of
-:data:`~kadeployd.workflow.variants.MICROSTEPS`: for a generic macrostep, those of any of its
+:data:`~kadeploy_core.plans.VARIANT_PLANS`: for a generic macrostep, those of any of its
 variants; for a variant's class name, those of that variant.
 
 Pure logic: unknown names raise :class:`UnknownStep` with the valid names and a did-you-mean.
@@ -14,10 +14,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from kadeployd.config import Macrostep
-from kadeployd.errors import KadeployError
-from kadeployd.suggest import did_you_mean
-from kadeployd.workflow.variants import MICROSTEPS
+from kadeploy_core.errors import KadeployError
+from kadeploy_core.plans import VARIANT_PLANS, Macrostep
+from kadeploy_core.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class StepScope:
 
     def microsteps(self) -> list[str]:
         """The microstep names valid in this scope, in workflow order, without repeats."""
-        variants = MICROSTEPS[self.macrostep]
+        variants = VARIANT_PLANS[self.macrostep]
         chosen = [self.variant] if self.variant is not None else list(variants)
         names: list[str] = []
         for variant in chosen:
@@ -61,7 +60,7 @@ def variant_class_name(macrostep: Macrostep, variant: str) -> str:
 def macrostep_names() -> dict[str, StepScope]:
     """Every name a macrostep may be given, and what it means."""
     names = {m.value: StepScope(m) for m in Macrostep}
-    for macrostep, variants in MICROSTEPS.items():
+    for macrostep, variants in VARIANT_PLANS.items():
         for variant in variants:
             names[variant_class_name(macrostep, variant)] = StepScope(macrostep, variant)
     names.update({alias: StepScope(*target) for alias, target in ALIASES.items()})

@@ -27,12 +27,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kadeployd.config import Macrostep
-from kadeployd.errors import InputError, Problem
-from kadeployd.suggest import did_you_mean
-from kadeployd.validation import problems_from
-from kadeployd.workflow.stepnames import UnknownStep, check_microstep, resolve_macrostep
-from kadeployd.yamldoc import KeyPath, dotted
+from kadeploy_core.errors import InputError, Problem
+from kadeploy_core.plans import Macrostep
+from kadeploy_core.stepnames import UnknownStep, check_microstep, resolve_macrostep
+from kadeploy_core.suggest import did_you_mean
+from kadeploy_core.validation import problems_from
+from kadeploy_core.yamldoc import KeyPath, dotted
 
 logger = logging.getLogger(__name__)
 
