@@ -38,6 +38,18 @@ def test_finished_nodes_do_not_hold_a_round() -> None:
     assert rounds.start_if_complete(("a",), window_over=False) == [hop("a")]
 
 
+def test_a_node_that_failed_an_attempt_is_not_waited_for_and_joins_a_later_round() -> None:
+    rounds = ChainRounds(NODES)
+    rounds.ready("a", hop("a"), lambda verdict: None)
+    rounds.ready("b", hop("b"), lambda verdict: None)
+    assert rounds.start_if_complete(NODES, window_over=False) == []  # c is still coming
+    rounds.attempt_failed("c")  # e.g. its reboot did not bring it back: it retries
+    assert rounds.start_if_complete(NODES, window_over=False) == [hop("a"), hop("b")]
+    rounds.finish(None, "stopped")
+    rounds.ready("c", hop("c"), lambda verdict: None)
+    assert rounds.start_if_complete(("c",), window_over=False) == [hop("c")]
+
+
 def test_verdicts_come_from_the_result_and_failed_nodes_meet_again() -> None:
     rounds = ChainRounds(NODES)
     replies: dict[str, str | None] = {}

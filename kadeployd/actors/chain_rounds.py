@@ -4,13 +4,16 @@ A chain carries the image to every node at once, so nodes reaching BroadcastEnv 
 other: a round starts when every node still in play (not finished, not already served by a
 round) has its relay listening, or when the first ready node has waited the gather window,
 so that a node stuck rebooting does not hold the others (it joins a later round, as do nodes
-that a round failed and that retry through the normal retry rules). One round runs at a
-time; each has a fresh secret. Pure bookkeeping, driven by the DeploymentManager's thread.
+that a round failed and that retry through the normal retry rules). A node that already
+failed an attempt (a reboot that did not bring it back, a step that failed) is *late*: it is
+not waited for at all, it joins a later round when it gets there. One round runs at a time;
+each has a fresh secret. Pure bookkeeping, driven by the DeploymentManager's thread.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +33,10 @@ class ChainRounds:
     secret: bytes = field(default_factory=new_secret)
     running_secret: bytes = b""
     served: set[str] = field(default_factory=set)
+    late: set[str] = field(default_factory=set)
+    """Nodes that failed an attempt: never waited for."""
+    ready_since: dict[str, float] = field(default_factory=dict)
+    """When each ready node reported its relay listening (to report its wait)."""
     _ready: dict[str, tuple[Hop, Reply]] = field(default_factory=dict)
     _running: dict[str, tuple[Hop, Reply]] = field(default_factory=dict)
 
@@ -37,10 +44,15 @@ class ChainRounds:
         """``node``'s relay listens at ``hop`` (again, if a later step failed and it retries)."""
         self.served.discard(node)
         self._ready[node] = (hop, reply)
+        self.ready_since[node] = time.monotonic()
 
     def leave(self, node: str) -> None:
         """``node`` no longer waits for a round."""
         self._ready.pop(node, None)
+
+    def attempt_failed(self, node: str) -> None:
+        """``node`` failed an attempt: the rounds no longer wait for it."""
+        self.late.add(node)
 
     @property
     def running_nodes(self) -> list[str]:
@@ -57,7 +69,11 @@ class ChainRounds:
         the forming round is over; else []."""
         if self._running or not self._ready:
             return []
-        waiting = [n for n in unfinished if n not in self.served and n not in self._ready]
+        waiting = [
+            n
+            for n in unfinished
+            if n not in self.served and n not in self._ready and n not in self.late
+        ]
         if waiting and not window_over:
             return []
         self._running = {n: self._ready.pop(n) for n in self.order if n in self._ready}

@@ -44,6 +44,9 @@ MIN_NODES_REACHED = "min nodes reached"
 CHAIN_ROUND_STARTED = "chain round started"
 """Opens the log line written to every node of a chain round when the server starts streaming
 (its time is when the round started: every relay of the round listened)."""
+CHAIN_WAITED = "chain round gathered: waited"
+"""Opens the log line telling how long a node's relay listened before its round started
+(time spent waiting for the other nodes, not transferring)."""
 CHAIN_ROUND_ENDED = "chain round ended"
 """Opens the log line written to every node of the round when the stream's acknowledgement
 came back: every node of the chain held the whole stream and its writer had finished."""
@@ -163,6 +166,11 @@ class DeploymentManager(SupervisedActor):
     def chain_ready(self, node: str, hop: Hop, reply: Callable[[str | None], None]) -> None:
         """A node's relay listens at ``hop``; ``reply(None | why it failed)`` after the round."""
         self._rounds.ready(node, hop, reply)
+        self._maybe_start_round()
+
+    def attempt_failed(self, node: str) -> None:
+        """A node failed an attempt (told by the node): chain rounds no longer wait for it."""
+        self._rounds.attempt_failed(node)
         self._maybe_start_round()
 
     def chain_leave(self, node: str) -> None:
@@ -287,6 +295,7 @@ class DeploymentManager(SupervisedActor):
                 self._gather_timer = None
             self._round_started = time.monotonic()
             nodes = self._rounds.running_nodes
+            self._log_waits(nodes)
             self._log_round(CHAIN_ROUND_STARTED, f"{len(nodes)} nodes in this order: {nodes}")
             self._chain = ChainTransfer.start(
                 self._job.image, hops, self._rounds.running_secret, self.actor_ref.proxy()
@@ -306,6 +315,15 @@ class DeploymentManager(SupervisedActor):
         at, text = time.time(), f"{event}: {detail}"
         logger.info("deployment %s: %s", self._job.deployment_id, text)
         for node in self._rounds.running_nodes:
+            write = AppendLog(self._job.deployment_id, node, LogStream.INFO, text, at)
+            directory.send(self._services, directory.STORE, write)
+
+    def _log_waits(self, nodes: list[str]) -> None:
+        """Each node's wait for its round to gather: waiting, not transferring."""
+        now, at = time.monotonic(), time.time()
+        for node in nodes:
+            waited = now - self._rounds.ready_since.get(node, now)
+            text = f"{CHAIN_WAITED} {waited:.2f} s for the other nodes"
             write = AppendLog(self._job.deployment_id, node, LogStream.INFO, text, at)
             directory.send(self._services, directory.STORE, write)
 

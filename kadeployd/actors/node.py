@@ -64,6 +64,10 @@ class NodeReports(Protocol):
         """The node reached ``state``, a final one."""
         ...
 
+    def attempt_failed(self, node: str) -> object:
+        """The node failed an attempt (it retries, or falls to another variant, or fails)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class StartNode:
@@ -359,6 +363,7 @@ class NodeActor(pykka.ThreadingActor):
         self._last_error = error
         self._log("stderr", error)
         self._fire(E.STEP_FAILED)
+        self._manager.attempt_failed(self._node.name)
         attempt.then = self._plan.after_failure(attempt.position) or E.FAIL
         attempt.stop_timers()
         self._move_on()
@@ -372,6 +377,7 @@ class NodeActor(pykka.ThreadingActor):
         self._last_error = f"{where}: timed out after {seconds:g} s"
         self._log("stderr", self._last_error)
         self._fire(E.TIMED_OUT)
+        self._manager.attempt_failed(self._node.name)
         attempt.then = self._plan.after_failure(attempt.position) or E.FAIL
         self._cancel_attempt(f"{attempt.position.macrostep} timeout")
         if not attempt.running:
