@@ -14,10 +14,11 @@ The kinds of reboot (Kadeploy3's kareboot ``-r``):
   kadeployd/pxe/user_profiles.py) is written for each node, the ``files`` (uploads) are
   published under ``users/<user>/`` of the TFTP root, then a simple reboot, answered as above;
 - ``deploy_env`` and ``recorded_env`` (``environment`` and ``partition``): a reboot
-  *operation* run by the deployment workflow (kadeployd/workflow/operations.py) with retries,
-  timeouts, per-node states, events and cancel. It can take minutes, so the route does not
-  wait: it answers ``202`` with the operation's deployment document, which the client follows
-  like a deployment (``/v1/deployments/{id}``, its events, its cancel).
+  *operation* run by the deployment workflow (``OPERATION_MACROSTEPS`` of
+  kadeploy_core/plans.py) with retries, timeouts, per-node states, events and cancel. It can
+  take minutes, so the route does not wait: it answers ``202`` with the operation's
+  deployment document, which the client follows like a deployment
+  (``/v1/deployments/{id}``, its events, its cancel).
 """
 
 from __future__ import annotations

@@ -49,9 +49,9 @@ class DeploymentRequest:
     reboot_level: RebootLevel = RebootLevel.SOFT
     """The first reboot's level in a reboot operation (``kareboot -l``); retries go harder."""
     breakpoint: Breakpoint | None = None
-    """``--breakpoint``: where each node stops (kadeployd/workflow/breakpoint.py)."""
+    """``--breakpoint``: where each node stops (kadeploy_core/breakpoint.py)."""
     custom_steps: CustomSteps | None = None
-    """``--custom-steps``: operations around microsteps (kadeployd/workflow/custom_ops.py)."""
+    """``--custom-steps``: operations around microsteps (kadeploy_core/custom_ops.py)."""
 
     def options(self) -> dict[str, Any]:
         """The options as recorded in the store."""
