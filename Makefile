@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 # Debian packages the testbed and the tests use: openssh (nodes' sshd and the client),
 # ipmitool (power commands against the BMCs), busybox-static (root filesystem of test images),
 # e2fsprogs/fdisk/util-linux/mount (disks), zstd/xz-utils/gzip (image compressions),
-# iproute2 (namespaces, veth, tc), procps/psmisc (process sweeps), udpcast (the peer tool
-# of bench/chain.py).
+# iproute2 (namespaces, veth, tc), procps/psmisc (process sweeps), udpcast and taktuk (the
+# peer tools of bench/chain.py; taktuk is the broadcast engine Kadeploy3 uses).
 DEBIAN_PACKAGES := openssh-server openssh-client ipmitool busybox-static e2fsprogs fdisk \
-	util-linux mount zstd xz-utils gzip tar iproute2 procps psmisc udpcast
+	util-linux mount zstd xz-utils gzip tar iproute2 procps psmisc udpcast taktuk
 
 .PHONY: test lint venv system-deps demo demo-down clean
 

@@ -1,7 +1,7 @@
 """Chain transfer on shaped links: time to deliver an S-byte image to N nodes, vs S/B.
 
     python bench/chain.py [--rate 200mbit] [--size-mib 128] [--nodes 1,4,8,16]
-                          [--methods chain,direct,udpcast] [--quick] [--markdown FILE]
+                          [--methods chain,direct,udpcast,taktuk] [--quick] [--markdown FILE]
 
 Run as root. Brings up one ``--netns`` testbed of max(N) nodes (each node in its own network
 namespace, its veth shaped to the rate B with tc tbf, and the server's side of the bridge
@@ -24,6 +24,14 @@ delivers the same image to the first N nodes:
 - ``udpcast``: Debian's udp-sender on the bridge, one udp-receiver per node in its namespace
   writing to /dev/null; the time is from udp-sender's "Starting transfer" to its
   "Transfer complete." (the 2-s rendezvous before it is not counted).
+- ``taktuk``: Debian's TakTuk (the engine Kadeploy3 uses), as Kadeploy3 drives it: ``taktuk -s
+  -c "ssh ..." -d ARITY -m node ... broadcast exec [ zstd -dc | tar -x -C /mnt/dest ];
+  broadcast input file [ image ]; broadcast input close``, its tree over the nodes' SSH (it
+  deploys itself, perl, through the connector), every node decompressing and extracting into
+  its deploy partition (mkfs'd beforehand, not timed) as the chain's writer does. **transfer**:
+  from taktuk's start (its own deployment over SSH included) to its exit (every node's command
+  done, each status checked); **BroadcastEnv**: on top of that, the mount before and the
+  ``umount`` after, one SSH command per node in parallel.
 
 The physical limit for one link is S/B; ``ratio`` = time / (S/B). TCP/IP headers alone make
 a stream's ratio 1514/1448 = 1.046 (tbf counts whole frames). Exit status 1 if any
@@ -66,7 +74,7 @@ from _testbed import (
 
 from kadeploy_core.plans import VARIANTS, Macrostep
 from kadeploy_testbed.image import ImageResult, MakeImageError, make_image
-from kadeploy_testbed.layout import BRIDGE
+from kadeploy_testbed.layout import BRIDGE, DEPLOY_PARTITION, NODE_DISK_DIR
 from kadeploy_testbed.testbed import Testbed
 from kadeployd.actors.manager import CHAIN_ROUND_ENDED, CHAIN_ROUND_STARTED
 from kadeployd.daemon import Daemon
@@ -76,7 +84,7 @@ from kadeployd.workflow.job import DeploymentRequest
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("chain", "direct", "udpcast")
+METHODS = ("chain", "direct", "udpcast", "taktuk")
 DAEMON_METHODS = ("chain", "direct")
 DEFAULT_NODES = (1, 4, 8, 16)
 QUICK_NODES = (1, 4)
@@ -88,6 +96,14 @@ UDPCAST_RDV = "224.0.0.1"
 """udpcast's rendezvous group. Without it, receivers send their hello to the interface's
 broadcast address, which the testbed's node addresses do not set (it would be 0.0.0.0)."""
 MIB = 1 << 20
+TAKTUK_MOUNT = "/mnt/dest"
+"""Where the taktuk method's nodes mount their deploy partition (the daemon's mount point)."""
+TAKTUK_DEVICE = f"{NODE_DISK_DIR}/sda{DEPLOY_PARTITION}"
+TAKTUK_ARITY = 0
+"""``taktuk -d`` (``--taktuk-arity``): dynamic (work-stealing) tree with no maximal arity,
+TakTuk's default topology; 1 makes it a chain, -1 a flat tree."""
+_STATUS_RE = re.compile(r"^(\S+)-(\d+): .* status > Exited with status (-?\d+)$")
+"""TakTuk's default status line: ``HOST-RANK: COMMAND (PID): status > Exited with status 0``."""
 _BYTES_RE = re.compile(r"bytes=\s*(\d[\d ]*)\(")
 
 
@@ -324,6 +340,125 @@ def _read_lines(proc: subprocess.Popen[bytes], into: list[tuple[float, str]]) ->
             into.append((time.time(), text))
 
 
+# ---------------------------------------------------------------- taktuk
+
+
+def _on_nodes(bed: Testbed, names: tuple[str, ...], command: str, what: str) -> dict[str, str]:
+    """Run ``command`` on every node over SSH, all at once; raise if any of them fails.
+    Returns each node's output."""
+    procs = {
+        name: subprocess.Popen(
+            bed.ssh_argv(name, command),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for name in names
+    }
+    failed: list[str] = []
+    outputs: dict[str, str] = {}
+    try:
+        for name, proc in procs.items():
+            try:
+                out, _ = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                failed.append(f"{name}: timed out")
+                continue
+            outputs[name] = out.decode(errors="replace")
+            if proc.returncode != 0:
+                text = out.decode(errors="replace").strip().replace("\n", " | ")
+                failed.append(f"{name}: exit {proc.returncode}: {text[-200:]}")
+    finally:
+        for proc in procs.values():
+            _stop(proc)
+    if failed:
+        raise BenchError(f"taktuk N={len(names)}: {what}: " + "; ".join(failed[:4]))
+    return outputs
+
+
+def taktuk_argv(bed: Testbed, names: tuple[str, ...], image: Path, arity: int) -> list[str]:
+    """TakTuk's tree broadcast of ``image`` into ``zstd -dc | tar -x`` on every node."""
+    ssh = bed.ssh_argv(names[0])
+    connector = shlex.join(ssh[: ssh.index(f"root@{bed.node(names[0]).address}")])
+    writer = f"zstd -dc | tar -x --numeric-owner -C {TAKTUK_MOUNT}"
+    machines = [arg for name in names for arg in ("-m", bed.node(name).address)]
+    return [
+        "taktuk", "-s", "-l", "root", "-c", connector, "-d", str(arity), *machines,
+        "broadcast", "exec", "[", writer, "]", ";",
+        "broadcast", "input", "file", "[", str(image), "]", ";",
+        "broadcast", "input", "close",
+    ]  # fmt: skip
+
+
+def measure_taktuk(
+    bed: Testbed,
+    names: tuple[str, ...],
+    *,
+    image: Path,
+    size: int,
+    workdir: Path,
+    limit: float,
+    arity: int = TAKTUK_ARITY,
+) -> Result:
+    """TakTuk's broadcast to the nodes, each extracting the image; time start to all done."""
+    n = len(names)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mount = f"mkdir -p {TAKTUK_MOUNT} && mount {TAKTUK_DEVICE} {TAKTUK_MOUNT}"
+    _on_nodes(
+        bed, names, f"umount {TAKTUK_MOUNT} 2>/dev/null; mkfs.ext4 -q -F {TAKTUK_DEVICE}", "mkfs"
+    )
+    log_path = workdir / "taktuk.log"
+    argv = taktuk_argv(bed, names, image, arity)
+    (workdir / "taktuk.argv").write_text(shlex.join(argv) + "\n")
+    began = time.time()
+    _on_nodes(bed, names, mount, "mount")
+    with log_path.open("wb") as log:
+        start = time.time()
+        proc = _start(argv, log)
+        try:
+            status = proc.wait(timeout=limit + 60)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"taktuk N={n}: still running after {limit + 60:g}s") from None
+        finally:
+            end = time.time()
+            _stop(proc)
+    try:
+        text = log_path.read_text(errors="replace")
+        # One status per TakTuk instance on a node (its rank; the root, rank 0, runs nothing).
+        statuses = {
+            int(m.group(2)): (m.group(1), int(m.group(3)))
+            for m in map(_STATUS_RE.match, text.splitlines())
+            if m is not None
+        }
+        bad = [f"rank {rank} on {host}: {code}" for rank, (host, code) in statuses.items() if code]
+        if len(statuses) != n:
+            bad.append(f"{len(statuses)} statuses for {n} nodes")
+        if status != 0 or bad:
+            tail = " | ".join(line for line in text.splitlines()[-4:])
+            raise BenchError(
+                f"taktuk N={n}: taktuk exited {status}; writers: {', '.join(bad) or 'all 0'}; "
+                f"{tail} (log {log_path})"
+            )
+    finally:
+        extracted = _on_nodes(
+            bed,
+            names,
+            f"du -s -B1 --apparent-size {TAKTUK_MOUNT} | cut -f1; umount {TAKTUK_MOUNT}",
+            "umount",
+        )
+    ended = time.time()
+    # The image's padding is incompressible: each node must hold about S bytes of files.
+    short = [
+        f"{name}: {text.strip()!r} bytes"
+        for name, text in extracted.items()
+        if not text.strip().isdigit() or int(text) < 0.9 * size
+    ]
+    if short:
+        raise BenchError(f"taktuk N={n}: extracted less than the image: {', '.join(short[:4])}")
+    return Result("taktuk", n, seconds=end - start, step_seconds=ended - began, window=(start, end))
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -412,13 +547,13 @@ def _parse_methods(text: str) -> list[str]:
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Chain vs direct vs udpcast on shaped testbed links (run as root)."
+        description="Chain vs direct vs udpcast vs taktuk on shaped testbed links (run as root)."
     )
     parser.add_argument("--rate", default="200mbit", help="tc rate B of every link")
     parser.add_argument("--size-mib", type=int, default=None, help="image size S (default 128)")
     parser.add_argument("--nodes", type=_parse_nodes, default=None, help="default 1,4,8,16")
     parser.add_argument(
-        "--methods", type=_parse_methods, default=list(METHODS), help="chain,direct,udpcast"
+        "--methods", type=_parse_methods, default=list(METHODS), help="chain,direct,udpcast,taktuk"
     )
     parser.add_argument("--quick", action="store_true", help="N=1,4 and 64 MiB")
     parser.add_argument(
@@ -435,6 +570,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         default="ram",
         help="node disk files on a tmpfs (default: one disk per node, as on a cluster) or on "
         "the host's disk (N nodes' writeback then shares it)",
+    )
+    parser.add_argument(
+        "--taktuk-arity",
+        type=int,
+        default=TAKTUK_ARITY,
+        help="taktuk -d: 0 (default) TakTuk's dynamic tree, 1 a chain, -1 a flat tree",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the results here")
@@ -456,10 +597,19 @@ def _check_tools(methods: list[str]) -> None:
         raise BenchError("run as root: the testbed needs namespaces, mounts and tc")
     if "udpcast" in methods and not (shutil.which("udp-sender") and shutil.which("udp-receiver")):
         raise BenchError("udpcast: udp-sender/udp-receiver not found (apt-get install udpcast)")
+    if "taktuk" in methods and not shutil.which("taktuk"):
+        raise BenchError("taktuk: not found (apt-get install taktuk)")
 
 
 def _measure(
-    bed: Testbed, method: str, n: int, *, built: ImageResult, workdir: Path, limit: float
+    bed: Testbed,
+    method: str,
+    n: int,
+    *,
+    built: ImageResult,
+    workdir: Path,
+    limit: float,
+    taktuk_arity: int = TAKTUK_ARITY,
 ) -> Result:
     """One method at N nodes; a failure becomes a Result without a time, and is printed."""
     names = tuple(spec.name for spec in bed.nodes)[:n]
@@ -470,6 +620,16 @@ def _measure(
         if method == "udpcast":
             result = measure_udpcast(
                 bed, names, image=built.image, size=built.size, workdir=workdir, limit=bound
+            )
+        elif method == "taktuk":
+            result = measure_taktuk(
+                bed,
+                names,
+                image=built.image,
+                size=built.size,
+                workdir=workdir,
+                limit=bound,
+                arity=taktuk_arity,
             )
         else:
             result = measure_daemon(
@@ -536,7 +696,13 @@ def _run_in(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], int]
         for n in args.nodes:
             for method in runnable:
                 result = _measure(
-                    bed, method, n, built=built, workdir=workdir / f"{method}-{n}", limit=limit
+                    bed,
+                    method,
+                    n,
+                    built=built,
+                    workdir=workdir / f"{method}-{n}",
+                    limit=limit,
+                    taktuk_arity=args.taktuk_arity,
                 )
                 if result.window is not None:
                     result = dataclasses.replace(result, cpu=cpu.busy(*result.window))
