@@ -7,6 +7,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,37 @@ def test_bad_address_is_a_clear_error(power: Power) -> None:
         start_bmc("no-such-host.invalid", 16230, USER, PASSWORD, power)
     with pytest.raises(BmcError, match="must not be empty"):
         start_bmc("127.0.3.206", 16230, USER, "", power)
+
+
+def test_many_bmcs_power_cycled_at_once_all_answer() -> None:
+    """A redeploy: every node power-cycled through its BMC at about the same time, with
+    ``power status`` calls in between, 10 ipmitool at once, several rounds in a row.
+
+    It used to wedge pyghmi's I/O thread in a blocking ``recvfrom`` (a send from the pump
+    thread made the shared socket blocking), after which no BMC of the process answered.
+    """
+    count, rounds = 16, 15
+    port = free_port("127.0.3.221")
+    controls = [Power() for _ in range(count)]
+    handles = [
+        start_bmc(f"127.0.3.{221 + i}", port, USER, PASSWORD, control, name=f"node-{i}")
+        for i, control in enumerate(controls)
+    ]
+    failures: list[str] = []
+    try:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            for round_ in range(rounds):
+                calls = [
+                    (handle.name, action, pool.submit(ipmitool, handle, "chassis", "power", action))
+                    for handle in handles
+                    for action in ("cycle", "status")
+                ]
+                for name, action, call in calls:
+                    result = call.result()
+                    if result.returncode != 0:
+                        failures.append(f"round {round_} {name} {action}: {result.stderr.strip()}")
+    finally:
+        for handle in handles:
+            handle.stop()
+    assert failures == []
+    assert all(control.calls.count("cycle") >= rounds for control in controls)
