@@ -377,9 +377,12 @@ def _on_nodes(bed: Testbed, names: tuple[str, ...], command: str, what: str) -> 
     return outputs
 
 
-def taktuk_argv(bed: Testbed, names: tuple[str, ...], image: Path, arity: int) -> list[str]:
-    """TakTuk's tree broadcast of ``image`` into ``zstd -dc | tar -x`` on every node."""
-    ssh = bed.ssh_argv(names[0])
+def taktuk_argv(
+    bed: Testbed, names: tuple[str, ...], image: Path, arity: int, key: Path
+) -> list[str]:
+    """TakTuk's tree broadcast of ``image`` into ``zstd -dc | tar -x`` on every node; nodes
+    connect to their children with the same connector, so ``key`` must be readable there."""
+    ssh = bed.ssh_argv(names[0], key=key)
     connector = shlex.join(ssh[: ssh.index(f"root@{bed.node(names[0]).address}")])
     writer = f"zstd -dc | tar -x --numeric-owner -C {TAKTUK_MOUNT}"
     machines = [arg for name in names for arg in ("-m", bed.node(name).address)]
@@ -401,7 +404,35 @@ def measure_taktuk(
     limit: float,
     arity: int = TAKTUK_ARITY,
 ) -> Result:
-    """TakTuk's broadcast to the nodes, each extracting the image; time start to all done."""
+    """TakTuk's broadcast to the nodes, each extracting the image; time start to all done.
+
+    TakTuk's tree has nodes open SSH connections to other nodes with the same ``ssh -i KEY``,
+    but a node's ``/tmp`` (where the testbed's key usually is) and ``/root`` are its own; a
+    copy of the key under ``/var/tmp``, which the nodes share with the host, serves them all.
+    """
+    keydir = Path(tempfile.mkdtemp(prefix="kadeploy-bench-taktuk-", dir="/var/tmp"))
+    try:
+        key = keydir / "id_deploy"
+        shutil.copyfile(bed.layout.deploy_key, key)
+        key.chmod(0o600)
+        return _taktuk_run(
+            bed, names, image=image, size=size, workdir=workdir, limit=limit, arity=arity, key=key
+        )
+    finally:
+        shutil.rmtree(keydir, ignore_errors=True)
+
+
+def _taktuk_run(
+    bed: Testbed,
+    names: tuple[str, ...],
+    *,
+    image: Path,
+    size: int,
+    workdir: Path,
+    limit: float,
+    arity: int,
+    key: Path,
+) -> Result:
     n = len(names)
     workdir.mkdir(parents=True, exist_ok=True)
     mount = f"mkdir -p {TAKTUK_MOUNT} && mount {TAKTUK_DEVICE} {TAKTUK_MOUNT}"
@@ -409,7 +440,7 @@ def measure_taktuk(
         bed, names, f"umount {TAKTUK_MOUNT} 2>/dev/null; mkfs.ext4 -q -F {TAKTUK_DEVICE}", "mkfs"
     )
     log_path = workdir / "taktuk.log"
-    argv = taktuk_argv(bed, names, image, arity)
+    argv = taktuk_argv(bed, names, image, arity, key)
     (workdir / "taktuk.argv").write_text(shlex.join(argv) + "\n")
     began = time.time()
     _on_nodes(bed, names, mount, "mount")
@@ -435,7 +466,8 @@ def measure_taktuk(
         if len(statuses) != n:
             bad.append(f"{len(statuses)} statuses for {n} nodes")
         if status != 0 or bad:
-            tail = " | ".join(line for line in text.splitlines()[-4:])
+            others = [line for line in text.splitlines() if not _STATUS_RE.match(line)]
+            tail = " | ".join(others[-4:])
             raise BenchError(
                 f"taktuk N={n}: taktuk exited {status}; writers: {', '.join(bad) or 'all 0'}; "
                 f"{tail} (log {log_path})"
