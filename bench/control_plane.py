@@ -499,9 +499,10 @@ def _wait_end(
                 client.get("/v1/deployments", params={"status": "running", "limit": 100}),
                 "list running deployments",
             )
-        except httpx.TimeoutException:
-            # A daemon too busy to answer is slow, not finished: wait on, up to the deadline.
-            print(f"    {time.monotonic() - began:.0f} s: the API did not answer", flush=True)
+        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as error:
+            # A daemon too busy to answer is slow, not finished (a connection that timed out
+            # may then be dropped): wait on, on a new connection, up to the deadline.
+            print(f"    {time.monotonic() - began:.0f} s: the API did not answer ({error!r})")
             running = [{"id": deployment_id}]
         except httpx.HTTPError as error:
             if not daemon.alive():
