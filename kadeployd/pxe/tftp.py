@@ -140,10 +140,12 @@ class TftpService:
 
     @property
     def port(self) -> int:
-        """The UDP port the server is bound to (the chosen one if started with port 0)."""
-        if self._server is None or not self._server.is_running.is_set():
+        """The UDP port the server is bound to (the chosen one if started with port 0); the
+        same while its loop restarts after a malformed request (it listens on it again)."""
+        server = self._server
+        if server is None or self._exited.is_set() or not server.listenport:
             raise PxeError("the TFTP server is not running")
-        return int(self._server.listenport)
+        return int(server.listenport)
 
     @property
     def running(self) -> bool:
