@@ -19,15 +19,25 @@ from kadeploy_core.environment.description import (
 )
 from kadeploy_core.errors import EnvironmentError_, Problem
 from kadeploy_core.validation import expected_at, problems_from, shown
-from kadeploy_core.yamldoc import YamlDocument, YamlLoadError, load_yaml_file, parse_yaml
+from kadeploy_core.yamldoc import (
+    YamlDocument,
+    YamlLimits,
+    YamlLoadError,
+    load_yaml_file,
+    parse_yaml,
+)
 
 logger = logging.getLogger(__name__)
+
+DESCRIPTION_LIMITS = YamlLimits(max_aliases=16, max_expanded_nodes=10_000)
+"""A description is a few dozen values; an anchor shared by a few postinstalls is fine, an
+alias bomb ("billion laughs") is refused before anything walks the expanded data."""
 
 
 def load_environment(path: Path) -> EnvironmentDescription:
     """Read and validate the description in ``path``; relative files are beside it."""
     try:
-        doc = load_yaml_file(path)
+        doc = load_yaml_file(path, limits=DESCRIPTION_LIMITS)
     except YamlLoadError as exc:
         raise EnvironmentError_(exc.problems) from None
     return _validate(doc, path.parent)
@@ -39,7 +49,7 @@ def parse_environment(text: str, source: str, base_dir: Path) -> EnvironmentDesc
     Relative file names are resolved against ``base_dir``.
     """
     try:
-        doc = parse_yaml(text, source)
+        doc = parse_yaml(text, source, DESCRIPTION_LIMITS)
     except YamlLoadError as exc:
         raise EnvironmentError_(exc.problems) from None
     return _validate(doc, base_dir)
