@@ -1,25 +1,26 @@
-"""The daemon's TFTP server: tftpy in a thread, read-only and confined to one root.
+"""The daemon's TFTP server: read-only, confined to one root, hardened against its clients.
 
-tftpy (0.8) serves any existing file below its root by itself, following symlinks, and writes
-uploads. To decide on every request ourselves, the tftpy server is given an *empty private
-directory* as its root and a ``dyn_file_func``: nothing exists there, so tftpy hands every read
-request to ``TftpService._open``, which checks the name (relative, no ``..``), resolves symlinks
-and refuses anything that lands outside the real root or is not a regular file. Uploads go to
-``upload_open``, which refuses them all (tftpy then answers "access violation").
+The protocol (packets, states, options) is tftpy's; the server loop is ours
+(``tftp_loop.TftpLoop``): sessions on one selector (no ``select()`` limit on socket numbers),
+one malformed datagram ends its own session with a TFTP ERROR packet and nothing else, and
+sessions are capped per client address and in total.
+
+tftpy serves any existing file below its root by itself, following symlinks, and writes
+uploads. To decide on every request ourselves, tftpy is given an *empty private directory* as
+its root and a ``dyn_file_func``: nothing exists there, so tftpy hands every read request to
+``TftpService._open``, which checks the name (relative, no ``..``), resolves symlinks and
+refuses anything that lands outside the real root or is not a regular file. It opens with
+``O_NOFOLLOW | O_NONBLOCK`` and checks the opened file with ``fstat``: a FIFO or a device in
+the root is refused at once instead of blocking the loop in ``open`` or ``read``. Uploads go
+to ``upload_open``, which refuses them all (tftpy then answers "access violation").
 
 A refused request is answered "file not found", like a missing file: the client learns nothing
 about the host's files. Refusals are logged at WARNING, served files at DEBUG, and the last
 served files are kept in memory (``served()``).
-
-Stopping: tftpy's ``stop(now=True)`` only sets a flag that its select loop reads after its
-next wake-up (up to ``timeout`` seconds later). ``stop`` also sets the graceful flag, which makes
-the loop discard datagrams on its main socket, and sends it one datagram, so the loop wakes,
-discards it and exits at once; the join is bounded in any case.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import logging
@@ -29,17 +30,15 @@ import socket
 import stat
 import tempfile
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import tftpy
-
 from kadeployd.pxe.errors import PxeError
 from kadeployd.pxe.profiles import validate_tftp_path
+from kadeployd.pxe.tftp_loop import DEFAULT_LIMITS, SessionLimits, TftpLoop
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +48,6 @@ logger = logging.getLogger(__name__)
 _tftpy_logger = logging.getLogger("tftpy")
 if _tftpy_logger.level == logging.NOTSET:
     _tftpy_logger.setLevel(logging.CRITICAL)
-
-_WAKE_ADDRESS = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +90,52 @@ def _check_listen(listen: str) -> str:
         ) from None
 
 
+class _NotRegular(Exception):
+    """The path names something other than a regular file (its kind is the message)."""
+
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symlink",
+}
+
+
+def _open_regular(path: str) -> IO[bytes]:
+    """Open ``path`` for reading if it is a regular file; _NotRegular otherwise.
+
+    ``O_NONBLOCK`` makes ``open`` return at once on a FIFO (which would otherwise wait for a
+    writer) or a device; ``O_NOFOLLOW`` refuses a symlink swapped in after ``realpath``; the
+    opened file's own ``fstat`` decides, so nothing can change between the check and the read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except IsADirectoryError:
+        raise _NotRegular("a directory") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise _NotRegular("a symlink") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _NotRegular(_KINDS.get(stat.S_IFMT(mode), "not a regular file"))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class TftpService:
     """A read-only TFTP server for ``root`` on ``listen:port``, run by tftpy in a daemon thread.
 
     ``port`` 0 picks a free port; ``.port`` tells which once started. ``on_crash`` is called
     (from the server thread) with a message if the server stops on its own after it started.
+    ``limits`` caps concurrent sessions (see ``SessionLimits``).
     """
 
     def __init__(
@@ -112,6 +150,7 @@ class TftpService:
         start_timeout: float = 10.0,
         stop_timeout: float = 10.0,
         on_crash: Callable[[str], None] | None = None,
+        limits: SessionLimits = DEFAULT_LIMITS,
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise PxeError(f"TFTP port (daemon.tftp.port): expected 0 to 65535, got {port!r}")
@@ -120,36 +159,43 @@ class TftpService:
         self._requested_port = port
         self._timeout = timeout
         self._retries = retries
+        self._limits = limits
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._on_crash = on_crash
         self._served: deque[ServedFile] = deque(maxlen=history)
         self._lock = threading.Lock()
-        self._server: Any = None
+        self._loop: TftpLoop | None = None
         self._thread: threading.Thread | None = None
         self._exited = threading.Event()
-        self._error: BaseException | None = None
         self._stopping = False
         self._decoy_root: Path | None = None
         self._real_root = ""
         self._bind_address = ""
-        self.restarts = 0
-        """How many times the server loop was restarted after a request crashed it."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
     @property
     def port(self) -> int:
-        """The UDP port the server is bound to (the chosen one if started with port 0); the
-        same while its loop restarts after a malformed request (it listens on it again)."""
-        server = self._server
-        if server is None or self._exited.is_set() or not server.listenport:
+        """The UDP port the server is bound to (the chosen one if started with port 0)."""
+        loop = self._loop
+        if loop is None or self._exited.is_set():
             raise PxeError("the TFTP server is not running")
-        return int(server.listenport)
+        return loop.port
 
     @property
     def running(self) -> bool:
-        return self._server is not None and self._server.is_running.is_set()
+        return self._loop is not None and not self._exited.is_set()
+
+    @property
+    def malformed(self) -> int:
+        """Datagrams refused as malformed since the start (each ended its own session only)."""
+        return self._loop.malformed if self._loop is not None else 0
+
+    @property
+    def refused_busy(self) -> int:
+        """Requests answered "server busy" since the start (a session cap was reached)."""
+        return self._loop.refused_busy if self._loop is not None else 0
 
     def start(self) -> None:
         """Start serving; returns once the socket is bound, raises PxeError if it cannot be."""
@@ -161,129 +207,63 @@ class TftpService:
         self._real_root = os.path.realpath(self.root)
         self._decoy_root = Path(tempfile.mkdtemp(prefix="kadeployd-tftp-empty-"))
         try:
-            server = tftpy.TftpServer(
-                str(self._decoy_root),
-                dyn_file_func=self._open,
+            loop = TftpLoop(
+                self._bind_address,
+                self._requested_port,
+                decoy_root=str(self._decoy_root),
+                open_file=self._open,
                 upload_open=self._refuse_upload,
+                timeout=self._timeout,
+                retries=self._retries,
+                limits=self._limits,
             )
-        except tftpy.TftpException as err:
+        except OSError as err:
             self._remove_decoy()
-            raise PxeError(f"cannot create the TFTP server: {err}") from None
-        self._server = server
+            raise PxeError(_describe_bind_error(err, self.listen, self._requested_port)) from None
+        self._loop = loop
         self._thread = threading.Thread(
             target=self._run,
-            args=(server,),
-            name=f"tftp-{self.listen}:{self._requested_port}",
+            args=(loop,),
+            name=f"tftp-{self.listen}:{loop.port}",
             daemon=True,
         )
         self._thread.start()
-        deadline = time.monotonic() + self._start_timeout
-        # tftpy sets is_running right after bind(); a bind error ends the thread instead.
-        while not server.is_running.wait(0.02):
-            if self._exited.is_set():
-                self._thread.join(self._stop_timeout)
-                self._remove_decoy()
-                failure = self._error
-                if isinstance(failure, OSError):
-                    raise PxeError(
-                        _describe_bind_error(failure, self.listen, self._requested_port)
-                    ) from None
-                raise PxeError(f"TFTP server failed to start: {failure!r}") from None
-            if time.monotonic() > deadline:
-                self.stop()
-                raise PxeError(
-                    f"TFTP server on {self.listen}:{self._requested_port} did not start "
-                    f"within {self._start_timeout} s"
-                )
-        logger.info("TFTP server serving %s on %s:%d", self.root, self.listen, self.port)
+        logger.info("TFTP server serving %s on %s:%d", self.root, self.listen, loop.port)
 
-    def _run(self, server: Any) -> None:
-        """The server thread: tftpy's loop, restarted on the same port if a request crashes it.
-
-        tftpy 0.8 lets some malformed datagrams (a non-ASCII file name, for one) escape its loop
-        as exceptions; one such packet must not stop PXE booting for every node.
-        """
-        port = self._requested_port
+    def _run(self, loop: TftpLoop) -> None:
+        """The server thread: the loop until ``stop()``; anything else ending it is reported."""
+        message = f"TFTP server on {self.listen}:{loop.port} stopped unexpectedly"
         try:
-            while True:
-                try:
-                    server.listen(
-                        self._bind_address, port, timeout=self._timeout, retries=self._retries
-                    )
-                except Exception as err:  # the thread must report, not die silently
-                    # tftpy leaves its sockets open when listen() raises (bind error or crash).
-                    self._close_leftovers(server)
-                    if self._stopping:
-                        return
-                    if not server.is_running.is_set():  # bind() failed
-                        self._error = err
-                        if self.restarts == 0:
-                            return  # start() reports it
-                        message = f"TFTP server cannot listen on {self.listen}:{port} again: {err}"
-                        break
-                    self.restarts += 1
-                    port = server.listenport
-                    logger.warning(
-                        "TFTP server loop on %s:%d failed on a request (%r); restarting it",
-                        self.listen,
-                        port,
-                        err,
-                    )
-                    server.is_running.clear()
-                    continue
-                if self._stopping:
-                    return
-                message = f"TFTP server on {self.listen}:{port} stopped unexpectedly"
-                break
-            logger.error(message)
-            if self._on_crash is not None:
-                self._on_crash(message)
+            loop.run()
+        except Exception as err:  # the thread must report, not die silently
+            message = f"TFTP server on {self.listen}:{loop.port} failed: {err!r}"
         finally:
-            server.is_running.clear()
             self._exited.set()
-
-    @staticmethod
-    def _close_leftovers(server: Any) -> None:
-        """After tftpy's loop died of an exception, close what it left open."""
-        for session in list(server.sessions.values()):
-            with contextlib.suppress(Exception):
-                session.end()
-        server.sessions = {}
-        if server.sock is not None:
-            server.sock.close()
+        if self._stopping:
+            return
+        logger.error(message)
+        if self._on_crash is not None:
+            self._on_crash(message)
 
     def stop(self) -> None:
         """Stop serving and wait (bounded) for the thread; the port is free afterwards.
 
         Idempotent. Transfers in progress are dropped (clients retry, as PXE firmware does).
         """
-        thread, server = self._thread, self._server
-        if thread is None or server is None:
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
             return
         self._stopping = True
         if thread.is_alive():
-            server.stop(now=True)
-            server.stop(now=False)  # discard new datagrams, including the wake-up below
-            self._wake(server)
+            loop.stop()
             thread.join(self._stop_timeout)
             if thread.is_alive():
                 raise PxeError(
-                    f"TFTP server thread on {self.listen}:{server.listenport} did not stop "
+                    f"TFTP server thread on {self.listen}:{loop.port} did not stop "
                     f"within {self._stop_timeout} s"
                 )
         self._remove_decoy()
         logger.info("TFTP server on %s stopped", self.listen)
-
-    def _wake(self, server: Any) -> None:
-        port = server.listenport
-        if port is None:
-            return
-        address = _WAKE_ADDRESS if self._bind_address == "0.0.0.0" else self._bind_address  # noqa: S104
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                sock.sendto(b"\x00", (address, port))
-        except OSError as err:
-            logger.debug("cannot wake the TFTP server loop (%s); it stops on its timeout", err)
 
     def _remove_decoy(self) -> None:
         if self._decoy_root is not None:
@@ -314,27 +294,16 @@ class TftpService:
                 logger.warning("TFTP request from %s:%s refused: %s", raddress, rport, err)
                 return None
             try:
-                handle = open(  # noqa: SIM115 - tftpy closes it at the end of the transfer
-                    path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)
-                )
+                handle = _open_regular(path)
             except FileNotFoundError:
                 logger.debug("TFTP %s:%s asked for %s: not found", raddress, rport, name)
                 return None
-            except IsADirectoryError:
+            except _NotRegular as err:
                 logger.warning(
-                    "TFTP request from %s:%s refused: %s is a directory", raddress, rport, name
+                    "TFTP request from %s:%s refused: %s is %s", raddress, rport, name, err
                 )
                 return None
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                handle.close()
-                logger.warning(
-                    "TFTP request from %s:%s refused: %s is not a regular file",
-                    raddress,
-                    rport,
-                    name,
-                )
-                return None
-        except Exception as err:  # an exception here would kill tftpy's loop
+        except Exception as err:  # refused like a missing file, whatever went wrong
             logger.warning("TFTP request from %s:%s for %r failed: %s", raddress, rport, name, err)
             return None
         with self._lock:
