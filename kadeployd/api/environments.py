@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -95,11 +96,43 @@ def parse_in(directory: Path, text: str, source: str, caller: Caller) -> Environ
     return env
 
 
-def new_directory(parent: Path) -> Path:
-    """A fresh private directory under ``parent``."""
+def new_directory(parent: Path, *, held: bool = False) -> Path:
+    """A fresh private directory under ``parent``.
+
+    ``held``: the directory is also registered as being created (see :func:`held_names`)
+    until :func:`release`; it is registered before it exists, so a sweep that lists a
+    directory, then reads the registry, then the store, cannot miss one being created.
+    """
     directory = parent / uuid.uuid4().hex
-    directory.mkdir(mode=0o700, parents=True)
+    if held:
+        with _held_lock:
+            _held.add(directory)
+    try:
+        directory.mkdir(mode=0o700, parents=True)
+    except BaseException:
+        release(directory)
+        raise
     return directory
+
+
+_held_lock = threading.Lock()
+_held: set[Path] = set()
+"""Directories whose request is still being handled (files being taken, description parsed,
+deployment being admitted): no sweep may remove them, whatever the store says yet."""
+
+
+def held_names(parent: Path) -> set[str]:
+    """Names of the directories under ``parent`` being created right now."""
+    with _held_lock:
+        return {directory.name for directory in _held if directory.parent == parent}
+
+
+def release(directory: Path | None) -> None:
+    """The request that created ``directory`` is over (its deployment recorded, or the
+    directory removed): ordinary sweeping rules apply to it from now on."""
+    if directory is not None:
+        with _held_lock:
+            _held.discard(directory)
 
 
 def remove_directory(directory: Path) -> None:

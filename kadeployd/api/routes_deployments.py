@@ -59,7 +59,7 @@ def create_deployment(
                 context, caller, steps, body.custom_steps
             )
         if body.anonymous_environment is not None:
-            anonymous_dir = environments.new_directory(context.anonymous_dir)
+            anonymous_dir = environments.new_directory(context.anonymous_dir, held=True)
             taken = environments.take_uploads(
                 context, caller, body.anonymous_environment.files, anonymous_dir
             )
@@ -97,6 +97,8 @@ def create_deployment(
         if steps_dir is not None:
             custom_steps.give_back(context, steps_taken, steps_dir)
         raise
+    finally:  # recorded in the store as running, or removed: no longer held
+        environments.release(anonymous_dir)
     logger.info("deployment %s of %s created by %s", deployment_id, env.name, caller.user)
     response.headers["Location"] = f"/v1/deployments/{deployment_id}"
     view = context.reader.deployment(deployment_id)
@@ -233,14 +235,26 @@ def _tidy_after_start(
 
 
 def _sweep_anonymous(context: ApiContext, keep: Path | None) -> None:
-    """Remove the files of anonymous environments no running deployment uses any more."""
-    used = {keep.name} if keep is not None else set()
+    """Remove the files of anonymous environments no deployment uses any more.
+
+    A directory is kept while its request is being handled (held, see
+    :func:`environments.new_directory`) and while its deployment is running in the store. The
+    order matters: the directories are listed first, so each was held before it was listed;
+    the registry is read next, so a request that released it had already recorded its
+    deployment, which the store query that follows sees (running, or finished: then unused).
+    """
+    parent = context.anonymous_dir
+    present = list(parent.iterdir())
+    used = environments.held_names(parent)
+    if keep is not None:
+        used.add(keep.name)
     for view in context.reader.deployments(status="running", limit=1_000_000):
         if view.anonymous:
-            image = str(view.environment.get("image", {}).get("file", ""))
-            used.add(Path(image).parent.name)
-    for directory in context.anonymous_dir.iterdir():
+            image = Path(str(view.environment.get("image", {}).get("file", "")))
+            used.add(image.parent.name)
+    for directory in present:
         if directory.name not in used:
+            logger.debug("sweeping %s: no running deployment uses it", directory)
             environments.remove_directory(directory)
 
 
