@@ -48,6 +48,13 @@ from kadeploy_core.yamldoc import YamlLoadError, load_yaml_file
 from kadeployd.api import ApiContext, ApiServer, ServerStatus, create_app
 from kadeployd.config import Config, DaemonSettings, load_config
 from kadeployd.daemon import Daemon
+from kadeployd.privileges import (
+    PRIVATE_DIR,
+    PRIVATE_FILE,
+    raise_open_files_limit,
+    restrict_umask,
+    secure_state_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +113,8 @@ class PidFile:
 
     def acquire(self) -> None:
         """Lock the pidfile and write our pid; AlreadyRunning if another process holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        self.path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -234,6 +241,13 @@ def _arm_exit_deadline(seconds: float) -> None:
 def run_foreground(conf_dir: Path, config: Config, echo: Callable[[str], None]) -> int:
     """Run the daemon in this process until SIGTERM/SIGINT; the exit status."""
     configure_logging(config.daemon.log_level)
+    restrict_umask()  # before anything is created: see kadeployd.privileges
+    raise_open_files_limit()
+    try:
+        secure_state_dir(config.daemon.state_dir, config.daemon.unix_socket)
+    except OSError as exc:
+        echo(f"kadeploy-server: cannot prepare the state dir {config.daemon.state_dir}: {exc}")
+        return 1
     pidfile = PidFile(pidfile_path(config.daemon))
     try:
         pidfile.acquire()
@@ -335,11 +349,12 @@ def start_background(
         echo(f"kadeploy-server is already running (pid {pid})")
         return 1
     log = logfile_path(settings)
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     offset = log.stat().st_size if log.exists() else 0
     argv = [sys.executable, "-m", "kadeployd.server_cli", "start", "--foreground"]
     argv += ["--conf", str(conf_dir.absolute())]
-    with open(log, "ab") as out:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    with open(os.open(log, flags, PRIVATE_FILE), "ab") as out:
         child = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,

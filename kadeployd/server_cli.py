@@ -22,6 +22,7 @@ from kadeploy_core.suggest import did_you_mean
 from kadeployd import __version__, process
 from kadeployd.api import TokenStore, tokenfile
 from kadeployd.config import Config, DaemonSettings, load_config
+from kadeployd.privileges import restrict_umask
 
 _SECRET = re.compile(r"(password|secret|token)(?!.*_file$)", re.IGNORECASE)
 
@@ -41,6 +42,9 @@ conf_option = click.option(
 @click.version_option(__version__, prog_name="kadeploy-server")
 def main() -> None:
     """Run and inspect the kadeployd daemon."""
+    # The state dir, its database and tokens file are root's alone, whichever command makes
+    # them first (see kadeployd.privileges).
+    restrict_umask()
 
 
 @main.command("check-config")
