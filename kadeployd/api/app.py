@@ -21,6 +21,7 @@ from kadeployd.api import (
 )
 from kadeployd.api.context import ApiContext
 from kadeployd.api.errors import install_error_handlers
+from kadeployd.api.guard import RequestGuard
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,10 @@ The kadeployd REST API: deployments, nodes, power and reboots, environments, rig
 statistics, uploads.
 
 Every request but `/v1/health` needs `Authorization: Bearer <token>`
-(`kadeploy-server token add USER` writes USER's token to `~USER/.kadeploy/token`).
+(`kadeploy-server token add USER` writes USER's token to `~USER/.kadeploy/token`); it is
+checked before the body is read. A body is at most `daemon.api.max_body_bytes` (413; uploads
+have their own limit); a user has at most `daemon.api.max_requests_per_user` requests and
+`daemon.api.max_streams_per_user` event streams in flight (429 with `Retry-After`).
 Every error is `{"error": {"code", "message", "details": [{"source", "path", "line",
 "message"}]}}` with a stable `code`.
 """
@@ -57,4 +61,5 @@ def create_app(context: ApiContext) -> FastAPI:
     ):
         app.include_router(module.router)
     install_error_handlers(app)
+    app.add_middleware(RequestGuard, context=context)
     return app

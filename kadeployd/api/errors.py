@@ -8,9 +8,10 @@
                             "line": null, "message": "..."}]}}
 
 Routes raise :class:`ApiError`; the handlers installed by :func:`install_error_handlers` turn
-it, request validation errors, HTTP errors of the router (404, 405), the daemon's own errors
-and anything unexpected into that shape. An unexpected exception is logged with its traceback
-and answered ``500 internal_error`` without one.
+it, request validation errors, HTTP errors of the router (404, 405), the daemon's own errors,
+unreadable YAML and too deep nesting into that shape. An unexpected exception reaches the
+safety net of :mod:`kadeployd.api.guard`: logged once with its traceback and an error id,
+answered ``500 internal_error`` with the id only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pykka
+import yaml
+import yaml.reader
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -169,6 +172,8 @@ def _from_exception(exc: BaseException) -> JSONResponse:
             return error_response(
                 422, "invalid_request", f"invalid request: {summary}{more}", problems
             )
+        case StarletteHTTPException() if isinstance(exc.__cause__, ApiError | RecursionError):
+            return _from_exception(exc.__cause__)  # raised while FastAPI read the body
         case StarletteHTTPException():
             code = _HTTP_CODES.get(exc.status_code, "http_error")
             headers = dict(exc.headers) if exc.headers else None
@@ -185,11 +190,31 @@ def _from_exception(exc: BaseException) -> JSONResponse:
             return error_response(503, "service_unavailable", f"the daemon did not answer: {exc}")
         case KadeployError():
             return error_response(422, "refused", str(exc))
+        case RecursionError():
+            logger.warning("refused a request nested too deeply: %s", exc)
+            return error_response(
+                400, "bad_request", "the request nests lists or objects too deeply to be read"
+            )
+        case yaml.YAMLError():
+            return error_response(422, "invalid_request", _yaml_message(exc))
         case _:
             logger.error("internal error answering a request", exc_info=exc)
             return error_response(
                 500, "internal_error", "internal error; the daemon's log has the details"
             )
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    """A YAML text of the request (a description, custom steps) cannot be read."""
+    where = ""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        where = f" at line {mark.line + 1}, column {mark.column + 1}"
+    reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if isinstance(exc, yaml.reader.ReaderError):
+        where = f" at character {exc.position}"
+        reason = f"character {exc.character!r} is not allowed (control characters are not)"
+    return f"a YAML text of the request cannot be read{where}: {reason}"
 
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
@@ -205,6 +230,7 @@ def install_error_handlers(app: FastAPI) -> None:
         KadeployError,
         pykka.Timeout,
         pykka.ActorDeadError,
-        Exception,
+        RecursionError,
+        yaml.YAMLError,
     ):
         app.add_exception_handler(kind, _handle)

@@ -8,18 +8,24 @@ handlers outside the main thread: signals stay with the process's main loop).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
+import ssl
+import struct
 import threading
 import time
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from kadeploy_core.errors import KadeployError
+from kadeployd.config.schema import ApiSettings
 
 logger = logging.getLogger(__name__)
 
@@ -32,47 +38,74 @@ class ApiStartError(KadeployError):
     """The API cannot listen where the configuration says."""
 
 
+PEER_UID = "kadeployd.peer_uid"
+"""Key of ``scope["state"]``: the uid of the process at the other end of a Unix socket
+connection, as the kernel says (SO_PEERCRED); None on TCP."""
+_UCRED = struct.Struct("3i")
+
+
+class _PeerCredProtocol(H11Protocol):
+    """uvicorn's h11 protocol, telling each request who is at the other end of the socket."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.app_state = {**self.app_state, PEER_UID: _peer_uid(transport)}
+
+
+def _peer_uid(transport: asyncio.Transport) -> int | None:
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        _, uid, _ = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+    except OSError:
+        return None
+    return int(uid)
+
+
 class ApiServer:
     """uvicorn serving ``app`` on ``unix_socket`` (mode 666: tokens are the trust) and on
-    ``tcp_listen`` (``HOST:PORT``) if given."""
+    ``tcp_listen`` (``HOST:PORT``) if given, over TLS when ``daemon.api.tls_certificate`` and
+    ``tls_key`` are set. Limits (``daemon.api.*``) come from the configuration of the app's
+    context; each socket has its own uvicorn server (plain HTTP on the Unix socket), all in
+    one thread."""
 
     def __init__(self, app: FastAPI, unix_socket: Path, tcp_listen: str | None = None) -> None:
         self.app = app
         self.unix_socket = Path(unix_socket)
         self.tcp_listen = tcp_listen
         self._sockets: list[socket.socket] = []
-        self._server: uvicorn.Server | None = None
+        self._servers: list[uvicorn.Server] = []
         self._thread: threading.Thread | None = None
         self.tcp_address: tuple[str, int] | None = None
+        self.scheme = "http"
+        """Of the TCP listener: ``https`` with TLS."""
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Bind, serve in a thread, return once uvicorn accepts connections."""
-        self._sockets.append(_bind_unix(self.unix_socket))
+        settings = _settings(self.app)
+        tls = _tls_context(settings) if self.tcp_listen is not None else None
+        if self.tcp_listen is not None and tls is None:
+            _warn_if_open(self.tcp_listen)
+        unix = _bind_unix(self.unix_socket, settings.backlog)
+        self._sockets.append(unix)
+        self._servers.append(uvicorn.Server(_uvicorn_config(self.app, settings, None)))
         if self.tcp_listen is not None:
             try:
-                tcp = _bind_tcp(self.tcp_listen)
+                tcp = _bind_tcp(self.tcp_listen, settings.backlog)
             except ApiStartError:
                 self._close_sockets()
                 raise
             self._sockets.append(tcp)
+            self._servers.append(uvicorn.Server(_uvicorn_config(self.app, settings, tls)))
             self.tcp_address = tcp.getsockname()[:2]
-        config = uvicorn.Config(
-            self.app,
-            log_config=None,
-            lifespan="off",
-            ws="none",
-            http="h11",
-            timeout_graceful_shutdown=GRACEFUL_TIMEOUT,
-            access_log=True,
-        )
-        server = uvicorn.Server(config)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": self._sockets}, name="api", daemon=True
-        )
+            self.scheme = "https" if tls is not None else "http"
+        self._thread = threading.Thread(target=self._run, name="api", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
-        while not server.started:
+        while not all(server.started for server in self._servers):
             if not self._thread.is_alive():
                 self._close_sockets()
                 raise ApiStartError("the API server stopped while starting (see the log)")
@@ -81,9 +114,25 @@ class ApiServer:
                 raise ApiStartError(f"the API server did not start within {timeout} s")
             self._thread.join(0.02)
         where = f"unix:{self.unix_socket}" + (
-            f" and http://{self.tcp_listen}" if self.tcp_listen else ""
+            f" and {self.scheme}://{self.tcp_listen}" if self.tcp_listen else ""
         )
         logger.info("API listening on %s", where)
+
+    def _run(self) -> None:
+        """Every server on one event loop; when one ends, the others are told to."""
+
+        async def serve_all() -> None:
+            async def serve(server: uvicorn.Server, sock: socket.socket) -> None:
+                try:
+                    await server.serve(sockets=[sock])
+                finally:
+                    for other in self._servers:
+                        other.should_exit = True
+
+            pairs = zip(self._servers, self._sockets, strict=True)
+            await asyncio.gather(*(serve(server, sock) for server, sock in pairs))
+
+        asyncio.run(serve_all())
 
     def alive(self) -> bool:
         """Whether the server thread runs."""
@@ -91,8 +140,8 @@ class ApiServer:
 
     def stop(self, timeout: float = GRACEFUL_TIMEOUT + 5) -> None:
         """Stop serving (open streams get GRACEFUL_TIMEOUT s), remove the socket file."""
-        if self._server is not None:
-            self._server.should_exit = True
+        for server in self._servers:
+            server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -108,7 +157,70 @@ class ApiServer:
         self._sockets.clear()
 
 
-def _bind_unix(path: Path) -> socket.socket:
+def _settings(app: FastAPI) -> ApiSettings:
+    """``daemon.api`` of the configuration the app serves."""
+    settings: ApiSettings = app.state.context.config.daemon.api
+    return settings
+
+
+def _uvicorn_config(
+    app: FastAPI, settings: ApiSettings, tls: ssl.SSLContext | None
+) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        log_config=None,
+        lifespan="off",
+        ws="none",
+        http=_PeerCredProtocol,
+        timeout_graceful_shutdown=GRACEFUL_TIMEOUT,
+        access_log=True,
+        limit_concurrency=settings.limit_concurrency,
+        backlog=settings.backlog,
+        timeout_keep_alive=settings.timeout_keep_alive,
+        h11_max_incomplete_event_size=settings.h11_max_incomplete_event_size,
+        ssl_context_factory=None if tls is None else (lambda config, default: tls),
+    )
+
+
+def _tls_context(settings: ApiSettings) -> ssl.SSLContext | None:
+    """The server's TLS context of ``tls_certificate`` and ``tls_key``; None without them.
+    Unreadable or mismatched files fail the start here, with their names."""
+    if settings.tls_certificate is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    for name, path in (
+        ("tls_certificate", settings.tls_certificate),
+        ("tls_key", settings.tls_key),
+    ):
+        if not path.is_file():
+            raise ApiStartError(f"daemon.api.{name}: {path} is not a readable file")
+    try:
+        context.load_cert_chain(settings.tls_certificate, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ApiStartError(
+            f"daemon.api.tls_certificate/tls_key: cannot load {settings.tls_certificate} with "
+            f"{settings.tls_key} (expected a PEM certificate and its PEM private key): {exc}"
+        ) from exc
+    return context
+
+
+def _warn_if_open(listen: str) -> None:
+    """Tokens cross the network in clear text over plain HTTP on a non-loopback address."""
+    host = listen.rpartition(":")[0].strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        logger.warning(
+            "daemon.api.tcp_listen %s is not a loopback address and TLS is off: tokens cross "
+            "the network in clear; set daemon.api.tls_certificate and daemon.api.tls_key",
+            listen,
+        )
+
+
+def _bind_unix(path: Path, backlog: int) -> socket.socket:
     if len(os.fsencode(path)) >= 108:
         raise ApiStartError(
             f"daemon.api.unix_socket: {path} is too long for a Unix socket (at most 107 bytes); "
@@ -123,7 +235,7 @@ def _bind_unix(path: Path) -> socket.socket:
     try:
         sock.bind(str(path))
         os.chmod(path, 0o666)  # noqa: S103 - anyone may connect; every request needs a token
-        sock.listen(128)
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise ApiStartError(f"{path}: cannot listen on this Unix socket: {exc}") from exc
@@ -131,7 +243,7 @@ def _bind_unix(path: Path) -> socket.socket:
     return sock
 
 
-def _bind_tcp(listen: str) -> socket.socket:
+def _bind_tcp(listen: str, backlog: int) -> socket.socket:
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     try:
@@ -143,7 +255,7 @@ def _bind_tcp(listen: str) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(128)
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise ApiStartError(

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    model_validator,
 )
 
 from kadeploy_core.paths import DEFAULT_STATE_DIR, SOCKET_NAME
@@ -101,6 +102,9 @@ class PowerSettings(Frozen):
     power_on: Command | None = None
     power_off: Command | None = None
     power_status: Command | None = None
+    secret_vars: tuple[str, ...] = ()
+    """Names of ``vars`` whose values are secret, besides names containing pass, secret,
+    token or key: shown as ``***`` wherever a power command is logged or quoted."""
 
     def templates(self) -> dict[str, CommandTemplate]:
         """The configured command templates, by key (``reboot_soft``...)."""
@@ -202,6 +206,39 @@ class ApiSettings(Frozen):
     unix_socket: Path | None = None
     """Default: ``<state_dir>/kadeployd.sock``."""
     tcp_listen: Annotated[str | None, AfterValidator(_host_port)] = None
+    tls_certificate: Path | None = None
+    """PEM certificate (chain) served on ``tcp_listen``; with ``tls_key``, TCP speaks HTTPS."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_certificate``."""
+    max_body_bytes: Annotated[int, Field(ge=1024, le=2**31)] = 16 * 2**20
+    """Largest request body but uploads' (``daemon.max_upload_mib``); larger ones get 413."""
+    limit_concurrency: Annotated[int, Field(ge=8, le=100_000)] = 1024
+    """Connections plus requests in flight over all users; beyond it uvicorn answers 503."""
+    backlog: Annotated[int, Field(ge=1, le=65535)] = 128
+    """Connections waiting to be accepted, per listening socket."""
+    timeout_keep_alive: Annotated[int, Field(ge=1, le=3600)] = 5
+    """Seconds an idle kept-alive connection stays open."""
+    h11_max_incomplete_event_size: Annotated[int, Field(ge=4096, le=2**24)] = 64 * 1024
+    """Largest request line plus headers, in bytes."""
+    max_requests_per_user: Annotated[int, Field(ge=1, le=100_000)] = 32
+    """Requests of one user in flight at once (event streams apart); beyond it 429."""
+    max_streams_per_user: Annotated[int, Field(ge=1, le=100_000)] = 16
+    """Event streams one user holds open at once; beyond it 429."""
+    max_streams: Annotated[int, Field(ge=1, le=100_000)] = 256
+    """Event streams open at once over all users; beyond it 429."""
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            given, missing = (
+                ("tls_certificate", "tls_key")
+                if self.tls_key is None
+                else ("tls_key", "tls_certificate")
+            )
+            raise ValueError(f"{given} is set but {missing} is not: TLS needs both, or neither")
+        if self.tls_certificate is not None and self.tcp_listen is None:
+            raise ValueError("tls_certificate and tls_key serve tcp_listen, which is not set")
+        return self
 
 
 class TftpSettings(Frozen):

@@ -1,0 +1,283 @@
+"""What bad input, other local users and overload cannot do to the API: a real daemon and its
+API on a Unix socket (the daemon runs in this process, so its memory is this process's), driven
+with httpx and with raw sockets where httpx would not send what an attacker sends."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from api_fixtures import (
+    RunningApi,
+    api_config,
+    error_of,
+    register,
+    socket_dir,
+    start_api,
+)
+from daemon_fixtures import make_tar_environment, stop_all_actors, wait_until
+from test_daemon_actors import UNTRUSTED_REBOOT, processes_with, slow
+
+__all__ = ["socket_dir", "stop_all_actors"]
+pytestmark = pytest.mark.usefixtures("stop_all_actors")
+
+MARKER = f"kadeploy-test-limits-{os.getpid()}"
+MIB = 2**20
+WAIT = 30.0  # upper bound of any wait; never reached when things work
+
+
+def vm_rss() -> int:
+    """This process's resident memory, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@contextlib.contextmanager
+def limited_api(
+    base: Path, socket_dir: Path, hang_n4: bool = False, **api_settings: object
+) -> Iterator[RunningApi]:
+    """The daemon with its API, ``daemon.api`` extended with ``api_settings``; with
+    ``hang_n4``, n-4's reboot hangs so a deployment on it stays running."""
+    sock = socket_dir / "api.sock"
+    overrides = {4: UNTRUSTED_REBOOT.format(command=slow(MARKER), retries=0)} if hang_n4 else None
+    conf = api_config(base / "conf", sock, overrides)
+    deploy_conf = conf / "deploy.conf"
+    extra = "".join(f", {key}: {value}" for key, value in api_settings.items())
+    text = deploy_conf.read_text()
+    assert f"api: {{unix_socket: {sock}}}" in text
+    deploy_conf.write_text(
+        text.replace(f"api: {{unix_socket: {sock}}}", f"api: {{unix_socket: {sock}{extra}}}")
+    )
+    running = start_api(conf, sock)
+    try:
+        yield running
+    finally:
+        running.stop()
+        if hang_n4:
+            wait_until(lambda: not processes_with(MARKER), 20, "hanging reboots to be killed")
+
+
+def raw_exchange(sock_path: Path, head: bytes) -> tuple[socket.socket, int, dict[str, Any]]:
+    """Send a request head (no body yet) and read the answer: the open socket, the status and
+    the JSON body. Times out (failing the test) if the server waits for the body first."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(WAIT)
+    conn.connect(str(sock_path))
+    conn.sendall(head)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, data
+        data += chunk
+    header, _, body = data.partition(b"\r\n\r\n")
+    lines = header.decode().split("\r\n")
+    length = next(
+        int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length")
+    )
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        assert chunk
+        body += chunk
+    return conn, int(lines[0].split()[1]), json.loads(body)
+
+
+# ------------------------------------------------------------------ bodies
+
+
+def test_a_huge_body_without_a_token_is_refused_before_a_byte_of_it_is_read(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    """Before: the 300 MiB body was read (daemon memory +1 GB) and only then was the missing
+    token noticed. Now the answer comes on the head alone and the body is never read."""
+    with limited_api(tmp_path, socket_dir) as api:
+        size = 300 * MIB
+        head = (
+            f"POST /v1/deployments HTTP/1.1\r\nHost: kadeployd\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+        ).encode()
+        before = vm_rss()
+        conn, status, body = raw_exchange(api.socket, head)
+        assert status == 401, body
+        assert body["error"]["code"] == "unauthorized"
+        # The attacker goes on sending: the server closed the connection, nothing is read.
+        piece = b"[" * MIB
+        sent = 0
+        with contextlib.suppress(OSError), conn:
+            while sent < size:
+                conn.sendall(piece)
+                sent += len(piece)
+        assert sent < size
+        grown = vm_rss() - before
+        assert grown < 40 * MIB, f"RSS grew by {grown / MIB:.0f} MiB"
+        assert api.client("alice").get("/v1/whoami").status_code == 200
+
+
+def test_a_body_over_the_limit_gets_413_naming_the_limit(tmp_path: Path, socket_dir: Path) -> None:
+    with limited_api(tmp_path, socket_dir, max_body_bytes=65536) as api:
+        alice = api.client("alice")
+        declared = alice.post(
+            "/v1/rights", content=b" " * 70_000, headers={"Content-Type": "application/json"}
+        )
+        assert declared.status_code == 413, declared.text
+        error = error_of(declared)
+        assert error["code"] == "payload_too_large"
+        assert "65536 bytes" in error["message"]
+        assert "daemon.api.max_body_bytes" in error["message"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: chunked
+            for _ in range(5):
+                yield b" " * 16_384
+
+        chunked = api.client("alice").post(
+            "/v1/rights", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert chunked.status_code == 413, chunked.text
+        assert "65536 bytes" in error_of(chunked)["message"]
+        # A body under the limit is read as before.
+        small = api.client("root").post("/v1/rights", json={"user": "bob", "nodes": ["n-1"]})
+        assert small.status_code == 201, small.text
+
+
+def test_uploads_keep_their_own_limit_above_the_body_limit(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    with limited_api(tmp_path, socket_dir, max_body_bytes=65536) as api:
+        answer = api.client("alice").post(
+            "/v1/uploads", params={"name": "image.bin"}, content=os.urandom(300_000)
+        )
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["size"] == 300_000
+
+
+# ------------------------------------------------------------------ concurrency
+
+
+class HeldUpload:
+    """An upload whose body is held back until :meth:`release`: a request in flight."""
+
+    def __init__(self, api: RunningApi, user: str) -> None:
+        self._go = threading.Event()
+        self._client = api.client(user)
+        self.answer: httpx.Response | None = None
+        self._thread = threading.Thread(target=self._send)
+        self._thread.start()
+
+    def _body(self) -> Iterator[bytes]:
+        yield b"first"
+        self._go.wait(WAIT)
+        yield b"last"
+
+    def _send(self) -> None:
+        self.answer = self._client.post(
+            "/v1/uploads", params={"name": "held.bin"}, content=self._body()
+        )
+
+    def release(self) -> httpx.Response:
+        self._go.set()
+        self._thread.join(WAIT)
+        assert self.answer is not None
+        return self.answer
+
+
+def test_a_user_over_the_request_limit_gets_429_and_others_go_on(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    with limited_api(tmp_path, socket_dir, max_requests_per_user=2) as api:
+        held = [HeldUpload(api, "alice"), HeldUpload(api, "alice")]
+        alice = api.client("alice")
+        try:
+            refused = wait_until(
+                lambda: (a := alice.get("/v1/whoami")).status_code == 429 and a,
+                WAIT,
+                "alice's two uploads to be in flight",
+            )
+            error = error_of(refused)
+            assert error["code"] == "too_many_requests"
+            assert "daemon.api.max_requests_per_user" in error["message"]
+            assert refused.headers["retry-after"] == "1"
+            assert api.client("bob").get("/v1/whoami").json()["user"] == "bob"
+        finally:
+            answers = [upload.release() for upload in held]
+        assert [a.status_code for a in answers] == [201, 201]
+        assert alice.get("/v1/whoami").status_code == 200
+
+
+def _running_deployment(api: RunningApi, base: Path) -> str:
+    root = api.client("root")
+    assert root.post("/v1/rights", json={"user": "alice", "nodes": ["*"]}).status_code == 201
+    assert register(root, make_tar_environment(base), visibility="public").status_code == 201
+    answer = api.client("alice").post(
+        "/v1/deployments", json={"nodes": ["n-4"], "environment": {"name": "tiny"}}
+    )
+    assert answer.status_code == 201, answer.text
+    deployment_id: str = answer.json()["id"]
+    return deployment_id
+
+
+def test_event_streams_are_capped_per_user_and_in_all(tmp_path: Path, socket_dir: Path) -> None:
+    settings = {"max_streams_per_user": 2, "max_streams": 3}
+    with limited_api(tmp_path, socket_dir, hang_n4=True, **settings) as api:
+        url = f"/v1/deployments/{_running_deployment(api, tmp_path)}/events"
+        with contextlib.ExitStack() as streams:
+
+            def open_stream(user: str) -> httpx.Response:
+                return streams.enter_context(api.client(user).stream("GET", url))
+
+            assert [open_stream("alice").status_code for _ in range(2)] == [200, 200]
+            third = open_stream("alice")
+            assert third.status_code == 429
+            third.read()
+            assert "daemon.api.max_streams_per_user" in error_of(third)["message"]
+            assert third.headers["retry-after"] == "1"
+            # Streams are not requests: alice's other requests go on.
+            assert api.client("alice").get("/v1/whoami").status_code == 200
+            assert open_stream("bob").status_code == 200
+            over_all = open_stream("root")
+            assert over_all.status_code == 429
+            over_all.read()
+            assert "daemon.api.max_streams)" in error_of(over_all)["message"]
+
+        def can_stream() -> bool:
+            with api.client("root").stream("GET", url) as again:
+                return again.status_code == 200
+
+        wait_until(can_stream, WAIT, "closed streams to give their slots back")
+
+
+# ------------------------------------------------------------------ the safety net
+
+
+def test_an_unexpected_error_is_one_log_line_with_an_id_and_no_traceback_in_the_answer(
+    tmp_path: Path, socket_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with limited_api(tmp_path, socket_dir) as api:
+
+        def broken() -> None:
+            raise RuntimeError("a bug in a route")
+
+        api.server.app.add_api_route("/v1/broken", broken)
+        with caplog.at_level(logging.ERROR):
+            answer = api.client("alice").get("/v1/broken")
+        assert answer.status_code == 500
+        error = error_of(answer)
+        assert error["code"] == "internal_error"
+        assert "a bug in a route" not in answer.text
+        found = re.match(r"internal error ([0-9a-f]{8});", error["message"])
+        assert found, error["message"]
+        error_id = found.group(1)
+        logged = [r for r in caplog.records if r.exc_info is not None]
+        assert len(logged) == 1, [r.getMessage() for r in logged]
+        assert error_id in logged[0].getMessage()
+        assert api.client("alice").get("/v1/whoami").status_code == 200
