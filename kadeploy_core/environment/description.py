@@ -65,6 +65,15 @@ CUSTOM_ERROR = "kaenv"
 
 BASE_DIR = "base_dir"
 """Validation context key: the directory relative file names are resolved against."""
+CONFINE = "confine"
+"""Validation context key: if true, a file name outside ``BASE_DIR`` is refused as it is
+written, before anything on the server's disk is looked at (a user's description may only
+name the files the user uploaded: whether another path exists is none of the user's business)."""
+NOT_UPLOADED = "is not among the uploaded files"
+"""Opens the reason a confined description's file name is refused (after the name)."""
+MAY_READ = "may_read"
+"""Validation context key: a ``Callable[[Path], bool]`` telling whether the requester may
+read a file; a file the requester may not read is answered exactly like a missing one."""
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -130,6 +139,14 @@ def _local_file(value: Any, info: ValidationInfo) -> Path:
     context = info.context or {}
     base = Path(context.get(BASE_DIR) or Path.cwd())
     path = Path(os.path.abspath(base / value))
+    if context.get(CONFINE) and not path.is_relative_to(os.path.abspath(base)):
+        raise _fail(
+            f"{value!r} {NOT_UPLOADED}; upload it and name it relatively "
+            "(only administrators may name files on the server)"
+        )
+    may_read = context.get(MAY_READ)
+    if may_read is not None and not may_read(path):
+        raise _fail(f"file not found: {str(path)!r}")
     if not path.exists():
         raise _fail(f"file not found: {str(path)!r}")
     if not path.is_file():

@@ -8,13 +8,16 @@ missing keys, missing files) is collected in one pass and raised as one
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from kadeploy_core.environment.description import (
     BASE_DIR,
+    CONFINE,
     CUSTOM_ERROR,
+    MAY_READ,
     EnvironmentDescription,
 )
 from kadeploy_core.errors import EnvironmentError_, Problem
@@ -43,19 +46,30 @@ def load_environment(path: Path) -> EnvironmentDescription:
     return _validate(doc, path.parent)
 
 
-def parse_environment(text: str, source: str, base_dir: Path) -> EnvironmentDescription:
+def parse_environment(
+    text: str,
+    source: str,
+    base_dir: Path,
+    *,
+    confine: bool = False,
+    may_read: Callable[[Path], bool] | None = None,
+) -> EnvironmentDescription:
     """Validate a description given as text (an API upload); ``source`` names it in errors.
 
-    Relative file names are resolved against ``base_dir``.
+    Relative file names are resolved against ``base_dir``. ``confine``: names outside
+    ``base_dir`` are refused without looking at them. ``may_read``: whether the requester may
+    read a file; one it may not read is reported as missing (the daemon reads as root).
     """
     try:
         doc = parse_yaml(text, source, DESCRIPTION_LIMITS)
     except YamlLoadError as exc:
         raise EnvironmentError_(exc.problems) from None
-    return _validate(doc, base_dir)
+    return _validate(doc, base_dir, {CONFINE: confine, MAY_READ: may_read})
 
 
-def _validate(doc: YamlDocument, base_dir: Path) -> EnvironmentDescription:
+def _validate(
+    doc: YamlDocument, base_dir: Path, checks: dict[str, object] | None = None
+) -> EnvironmentDescription:
     if not isinstance(doc.data, dict):
         expected = expected_at(EnvironmentDescription, ())
         got = "an empty document" if doc.data is None else shown(doc.data)
@@ -64,7 +78,7 @@ def _validate(doc: YamlDocument, base_dir: Path) -> EnvironmentDescription:
         )
     try:
         env = EnvironmentDescription.model_validate(
-            doc.data, context={BASE_DIR: base_dir.absolute()}
+            doc.data, context={**(checks or {}), BASE_DIR: base_dir.absolute()}
         )
     except ValidationError as exc:
         problems = problems_from(

@@ -6,21 +6,31 @@ the owner, *public* by everyone and listed by default. Administrators see everyt
 the only ones who may make an environment public. An administrator's description may also
 name files on the server by absolute path; a user's may not (the daemon would read them with
 its own rights).
+
+The daemon runs as root: it says nothing about a path a caller names before deciding whether
+the caller may read it. A user's description is confined to the uploaded files (a name
+outside is refused as written, whether it exists or not); an administrator's server paths are
+checked with the permissions of the administrator's own account (:func:`read_access_of`), and
+a path it may not read is answered exactly like a missing one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import pwd
 import shutil
+import stat
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path, PurePosixPath
 
 import yaml
 
-from kadeploy_core.errors import Problem
+from kadeploy_core.environment.description import NOT_UPLOADED
+from kadeploy_core.errors import EnvironmentError_, Problem
 from kadeploy_core.schemas import EnvironmentRef
 from kadeploy_core.suggest import did_you_mean
 from kadeployd.api.auth import Caller
@@ -77,8 +87,20 @@ def give_back(context: ApiContext, taken: list[tuple[UploadInfo, Path]]) -> None
 
 def parse_in(directory: Path, text: str, source: str, caller: Caller) -> EnvironmentDescription:
     """Validate a description whose relative files are in ``directory``; a non-administrator's
-    description may name no file outside it."""
-    env = parse_environment(text, source, directory)
+    description may name no file outside it (refused before the path is looked at), an
+    administrator's only files the administrator's account may read."""
+    if caller.admin:
+        env = parse_environment(text, source, directory, may_read=read_access_of(caller.user))
+    else:
+        try:
+            env = parse_environment(text, source, directory, confine=True)
+        except EnvironmentError_ as exc:
+            confined = [p for p in exc.problems if NOT_UPLOADED in p.message]
+            if confined:
+                raise ApiError(
+                    422, "invalid_environment", confined[0].message, list(exc.problems)
+                ) from None
+            raise
     if not caller.admin:
         root = directory.resolve()
         outside = [
@@ -94,6 +116,68 @@ def parse_in(directory: Path, text: str, source: str, caller: Caller) -> Environ
         if outside:
             raise ApiError(422, "invalid_environment", outside[0].message, outside)
     return env
+
+
+_MAX_LINK_HOPS = 40
+
+
+def read_access_of(user: str) -> Callable[[Path], bool] | None:
+    """Whether the OS account ``user`` may read a file, as the kernel would decide for it
+    (search permission on every directory, symbolic links followed, read permission on the
+    file; ACLs are not consulted, so they can only make the answer stricter). None for root,
+    who may read everything; an account unknown to the system may read nothing."""
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return lambda path: False
+    if account.pw_uid == 0:
+        return None
+    groups = frozenset(os.getgrouplist(account.pw_name, account.pw_gid))
+    return lambda path: _may_read(path, account.pw_uid, groups)
+
+
+def _permits(info: os.stat_result, uid: int, groups: frozenset[int], bit: int) -> bool:
+    """``bit`` is 4 (read) or 1 (search); the owner, group or other class applies, as in
+    the kernel (an owner without the bit is refused even if others have it)."""
+    if info.st_uid == uid:
+        return bool(info.st_mode & (bit << 6))
+    if info.st_gid in groups:
+        return bool(info.st_mode & (bit << 3))
+    return bool(info.st_mode & bit)
+
+
+def _may_read(path: Path, uid: int, groups: frozenset[int]) -> bool:
+    parts = list(PurePosixPath(os.path.abspath(path)).parts[1:])
+    current = PurePosixPath("/")
+    hops = 0
+    try:
+        while parts:
+            if not _permits(os.stat(current), uid, groups, 1):
+                return False
+            name = parts.pop(0)
+            if name in (".", ""):
+                continue
+            if name == "..":
+                current = current.parent
+                continue
+            candidate = current / name
+            info = os.lstat(candidate)
+            if stat.S_ISLNK(info.st_mode):
+                hops += 1
+                if hops > _MAX_LINK_HOPS:
+                    return False
+                target = PurePosixPath(os.readlink(candidate))
+                if target.is_absolute():
+                    current = PurePosixPath("/")
+                    parts = list(target.parts[1:]) + parts
+                else:
+                    parts = list(target.parts) + parts
+                continue
+            current = candidate
+        final = os.stat(current)
+    except OSError:
+        return False
+    return stat.S_ISREG(final.st_mode) and _permits(final, uid, groups, 4)
 
 
 def new_directory(parent: Path, *, held: bool = False) -> Path:
