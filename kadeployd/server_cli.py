@@ -23,6 +23,7 @@ from kadeployd import __version__, process
 from kadeployd.api import TokenStore, tokenfile
 from kadeployd.config import Config, DaemonSettings, load_config
 from kadeployd.privileges import restrict_umask
+from kadeployd.reboot.redact import is_secret_name
 
 _SECRET = re.compile(r"(password|secret|token)(?!.*_file$)", re.IGNORECASE)
 
@@ -90,7 +91,10 @@ def describe_node(config: Config, name: str) -> Iterator[str]:
     rows = list(_leaves(settings, ""))
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
-        shown = "********" if _SECRET.search(key) else json.dumps(value)
+        secret = _SECRET.search(key) or (
+            key.startswith("vars.") and is_secret_name(key[5:], node.settings.power.secret_vars)
+        )
+        shown = "********" if secret else json.dumps(value)
         yield f"  {key:<{width}}  {shown:<40}  # {_origin(origins, key)}"
 
 

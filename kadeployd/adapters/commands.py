@@ -133,10 +133,13 @@ class RunningCommand:
         *,
         kill_grace: float = DEFAULT_KILL_GRACE,
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        shown: str | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.argv = tuple(str(a) for a in argv)
+        self.shown = shown if shown is not None else " ".join(self.argv)
+        """The command line as logged: the caller masks any secret in it."""
         self.timeout = timeout
         self.kill_grace = kill_grace
         self.output_limit = output_limit
@@ -212,7 +215,7 @@ class RunningCommand:
             return self._not_run(f"cannot run {self.argv[0]}: {err.strerror or err}")
         self.pid = proc.pid
         self.started.set()
-        logger.debug("started pid %d: %s", proc.pid, " ".join(self.argv))
+        logger.debug("started pid %d: %s", proc.pid, self.shown)
         try:
             return _Watch(self, proc, wake_r, start).run()
         finally:

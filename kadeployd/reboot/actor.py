@@ -217,7 +217,9 @@ class RebootActor(SupervisedActor):
             logger.warning("request %s (node %s): %s", request_id, node.name, planned.message)
             _deliver(reply_to, planned)
             return
-        command = RunningCommand(planned.argv, planned.timeout, kill_grace=self._kill_grace)
+        command = RunningCommand(
+            planned.argv, planned.timeout, kill_grace=self._kill_grace, shown=planned.shown
+        )
         job = _Job(planned, command, reply_to)
         self._jobs[request_id] = job
         self._window.submit(request_id, job)
@@ -230,11 +232,12 @@ class RebootActor(SupervisedActor):
         for request_id, job in self._window.take_startable():
             request = job.request
             logger.info(
-                "request %s (node %s): %s: %s",
+                "request %s (node %s): %s (%s): %s",
                 request_id,
                 request.node.name,
                 label(request.operation),
-                " ".join(request.argv),
+                request.template_name,
+                request.shown,
             )
             job.thread = threading.Thread(
                 target=self._work, args=(job,), name=f"reboot-{request_id}", daemon=True
@@ -305,7 +308,7 @@ class RebootActor(SupervisedActor):
                 logger.error(
                     "request %s: command still running after stop: %s",
                     job.request.request_id,
-                    " ".join(job.request.argv),
+                    job.request.shown,
                 )
             elif job.result is not None:  # ended, but its _CommandDone will never be handled
                 job.answer(job.result)

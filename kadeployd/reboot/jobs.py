@@ -23,6 +23,7 @@ from kadeployd.reboot.levels import (
     power_template,
     reboot_template,
 )
+from kadeployd.reboot.redact import node_secrets, redact, shown_command
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,14 @@ class PowerRequest:
     requested: Operation
     operation: Operation
     argv: tuple[str, ...]
+    """What runs; may hold secrets: never log it, log ``shown``."""
     timeout: float
+    shown: str = ""
+    """The command line with secret values as ``***`` (kadeployd/reboot/redact.py)."""
+    secrets: tuple[str, ...] = ()
+    """The secret values in ``argv``, masked in whatever the command's output is quoted in."""
+    template_name: str = ""
+    """The key of the template in the ``power`` section (``power_off``...)."""
 
 
 def label(operation: Operation) -> str:
@@ -88,13 +96,25 @@ def plan(request_id: str, node: Node, requested: Operation) -> PowerRequest | Re
         else:
             operation = requested
             template = power_template(power, requested)
-        argv = tuple(template.render(node.template_values()))
+        values = node.template_values()
+        argv = tuple(template.render(values))
+        shown = shown_command(template, values, power.secret_vars)
     except NoPowerCommand as err:
         return not_run(request_id, node, requested, f"node {node.name}: {err}")
     except KeyError as err:  # the loader checks fields; a template built elsewhere may not be
         message = f"node {node.name}: {label(requested)} template uses unknown field {err}"
         return not_run(request_id, node, requested, message)
-    return PowerRequest(request_id, node, requested, operation, argv, power.command_timeout)
+    return PowerRequest(
+        request_id,
+        node,
+        requested,
+        operation,
+        argv,
+        power.command_timeout,
+        shown=shown,
+        secrets=node_secrets(node),
+        template_name=operation.setting,
+    )
 
 
 def not_run(
@@ -151,7 +171,7 @@ def result_of(
         operation=request.operation,
         command=command,
         ok=ok,
-        message=message,
+        message=redact(message, request.secrets),
         requested=request.requested,
         power_state=state,
         cancelled=command.cancelled,
