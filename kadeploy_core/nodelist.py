@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kadeploy_core.errors import NodeListError, Problem
-from kadeploy_core.ranges import RangeError, expand_range
+from kadeploy_core.ranges import MAX_EXPANSION, RangeError, expand_range
 from kadeploy_core.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ def expand_node_arg_refs(args: Iterable[str]) -> list[NodeRef]:
     refs: list[NodeRef] = []
     seen: set[str] = set()
     problems: list[Problem] = []
+    total = 0
     for arg in args:
         try:
             names = _expand_arg(arg)
@@ -108,6 +109,16 @@ def expand_node_arg_refs(args: Iterable[str]) -> list[NodeRef]:
             reason = exc.reason if exc.text == arg else str(exc)
             problems.append(Problem(MACHINE_ARGUMENT, f"in {arg!r}: {reason}"))
             continue
+        total += len(names)
+        if total > MAX_EXPANSION:
+            problems.append(
+                Problem(
+                    MACHINE_ARGUMENT,
+                    f"in {arg!r}: the node list now stands for {total} names, more than the "
+                    f"limit of {MAX_EXPANSION}",
+                )
+            )
+            break
         for name in names:
             if name not in seen:
                 seen.add(name)

@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 MAX_EXPANSION = 100_000
 """Largest number of names one range may stand for: a typo like ``[1-1000000]`` is refused
 before it fills memory."""
+MAX_DIGITS = 18
+"""Longest number in a range: node numbers are small, and the arithmetic stays machine-sized."""
 
 
 class RangeError(ValueError):
@@ -38,7 +40,9 @@ class _Span:
     end: int
     width: int
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
+        """How many numbers the item stands for (a plain int: ``len()`` would overflow)."""
         return self.end - self.start + 1
 
 
@@ -70,7 +74,7 @@ def range_length(text: str, limit: int = MAX_EXPANSION) -> int:
     parsed = _parse(text, limit)
     if parsed is None:
         return 1
-    return sum(len(span) for span in parsed.spans)
+    return sum(span.size for span in parsed.spans)
 
 
 def has_range(text: str) -> bool:
@@ -95,7 +99,7 @@ def _parse(text: str, limit: int) -> _Parsed | None:
     if not body.strip():
         raise RangeError(text, "empty group []: expected numbers like [1-16] or [1,3,5-8]")
     spans = tuple(_parse_item(text, item) for item in body.split(","))
-    total = sum(len(span) for span in spans)
+    total = sum(span.size for span in spans)
     if total > limit:
         raise RangeError(text, f"stands for {total} names, more than the limit of {limit}")
     return _Parsed(text[:start], spans, text[end + 1 :])
@@ -123,6 +127,9 @@ def _number(text: str, digits: str) -> int:
     # str.isdigit() accepts other scripts' digits and superscripts; only ASCII is meant here.
     if not (digits.isascii() and digits.isdigit()):
         raise RangeError(text, f"{digits!r} is not a number: expected items like 3 or 1-16")
+    if len(digits) > MAX_DIGITS:
+        shown = digits if len(digits) <= 24 else f"{digits[:20]}..."
+        raise RangeError(text, f"{shown} is too large a number (at most {MAX_DIGITS} digits)")
     return int(digits)
 
 

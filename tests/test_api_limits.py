@@ -25,8 +25,11 @@ from api_fixtures import (
     socket_dir,
     start_api,
 )
+from click.testing import CliRunner
 from daemon_fixtures import make_tar_environment, stop_all_actors, wait_until
 from test_daemon_actors import UNTRUSTED_REBOOT, processes_with, slow
+
+from kadeploy_cli import kapower
 
 __all__ = ["socket_dir", "stop_all_actors"]
 pytestmark = pytest.mark.usefixtures("stop_all_actors")
@@ -281,3 +284,128 @@ def test_an_unexpected_error_is_one_log_line_with_an_id_and_no_traceback_in_the_
         assert len(logged) == 1, [r.getMessage() for r in logged]
         assert error_id in logged[0].getMessage()
         assert api.client("alice").get("/v1/whoami").status_code == 200
+
+
+# ------------------------------------------------------------------ low findings
+
+
+def _deployment(api: RunningApi, base: Path, node: str = "n-1") -> str:
+    root = api.client("root")
+    assert root.post("/v1/rights", json={"user": "alice", "nodes": ["*"]}).status_code == 201
+    assert register(root, make_tar_environment(base), visibility="public").status_code == 201
+    answer = api.client("alice").post(
+        "/v1/deployments", json={"nodes": [node], "environment": {"name": "tiny"}}
+    )
+    assert answer.status_code == 201, answer.text
+    deployment_id: str = answer.json()["id"]
+    return deployment_id
+
+
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.exc_info is not None]
+
+
+def test_bad_bodies_get_a_clear_error_and_no_traceback(
+    tmp_path: Path, socket_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with limited_api(tmp_path, socket_dir) as api, caplog.at_level(logging.WARNING):
+        alice = api.client("alice")
+        control = alice.post(
+            "/v1/environments", json={"description": "name: x\x01\x02\nversion: 1\n", "files": {}}
+        )
+        assert control.status_code == 422, control.text
+        assert "'\\x01' is not allowed" in error_of(control)["message"]
+        nested = alice.post(
+            "/v1/rights",
+            content=b"[" * 2000 + b"]" * 2000,
+            headers={"Content-Type": "application/json"},
+        )
+        assert nested.status_code == 400, nested.text
+        assert "too deeply" in error_of(nested)["message"]
+        assert _tracebacks(caplog) == []
+
+
+def test_a_bad_last_event_id_gets_400_and_a_good_one_resumes(
+    tmp_path: Path, socket_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with limited_api(tmp_path, socket_dir) as api, caplog.at_level(logging.WARNING):
+        url = f"/v1/deployments/{_deployment(api, tmp_path)}/events"
+        alice = api.client("alice")
+        # b"\xb2" is read as latin-1 "²", which str.isdigit() takes for a digit.
+        for value in (b"\xb2", "9" * 32, "-1", "1e3"):
+            with alice.stream("GET", url, headers={"Last-Event-ID": value}) as answer:
+                answer.read()
+                assert answer.status_code == 400, (value, answer.text)
+                error = error_of(answer)
+                assert error["message"].startswith("header Last-Event-ID: expected a history seq")
+        with alice.stream("GET", url, headers={"Last-Event-ID": "1"}) as resumed:
+            assert resumed.status_code == 200
+            assert "event: end" in resumed.read().decode()
+        assert _tracebacks(caplog) == []
+
+
+def _health_as(sock_path: Path, uid: int, token: str | None = None) -> dict[str, Any]:
+    """GET /v1/health from a process of user ``uid`` (the kernel tells the daemon who)."""
+    read_end, write_end = os.pipe()
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    request = f"GET /v1/health HTTP/1.1\r\nHost: k\r\nConnection: close\r\n{auth}\r\n".encode()
+    pid = os.fork()
+    if pid == 0:  # the child: only system calls, then _exit
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(WAIT)
+                conn.connect(str(sock_path))
+                conn.sendall(request)
+                while chunk := conn.recv(65536):
+                    os.write(write_end, chunk)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, data
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"200", data
+    answer: dict[str, Any] = json.loads(body)
+    return answer
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to speak as another local user")
+def test_health_shows_details_only_to_token_holders_and_root(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    socket_dir.chmod(0o755)  # other local users reach the socket (mode 666), as in production
+    nobody = 65534
+    with limited_api(tmp_path, socket_dir) as api:
+        api.context.status.last_reload_error = "nodes.conf: bmc_password: 'hunter2' is invalid"
+        assert _health_as(api.socket, nobody) == {"status": "ok"}
+        alice = _health_as(api.socket, nobody, api.tokens["alice"])
+        assert alice["pid"] == os.getpid()
+        assert alice["last_reload_error"] is None
+        admin = _health_as(api.socket, nobody, api.tokens["root"])
+        assert "hunter2" in admin["last_reload_error"]
+        # kadeploy-server status, as root on the socket, needs no token.
+        as_root = api.client(None).get("/v1/health").json()
+        assert as_root["pid"] == os.getpid()
+        assert "hunter2" in as_root["last_reload_error"]
+
+
+def test_a_range_too_large_is_a_clear_error_naming_it() -> None:
+    for machines, expected in (
+        ("n-[1-99999999999999999999]", "is too large a number (at most 18 digits)"),
+        ("n-[1-99999999999999999]", "more than the limit of 100000"),
+        ("n-[1-60000],m-[1-60000]", "the node list now stands for 120000 names"),
+    ):
+        result = CliRunner().invoke(
+            kapower.main, ["-m", machines, "--status"], env={"KADEPLOY_SERVER": "/nonexistent"}
+        )
+        assert result.exit_code == 2, result.output
+        assert machines in result.output
+        assert expected in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)

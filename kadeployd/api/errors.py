@@ -212,8 +212,9 @@ def _yaml_message(exc: yaml.YAMLError) -> str:
         where = f" at line {mark.line + 1}, column {mark.column + 1}"
     reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     if isinstance(exc, yaml.reader.ReaderError):
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
         where = f" at character {exc.position}"
-        reason = f"character {exc.character!r} is not allowed (control characters are not)"
+        reason = f"character {char!r} is not allowed (control characters are not)"
     return f"a YAML text of the request cannot be read{where}: {reason}"
 
 

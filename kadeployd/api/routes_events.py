@@ -52,6 +52,8 @@ router = APIRouter(prefix="/v1/deployments", tags=["deployments"], responses=ERR
 
 KEEPALIVE = 15.0
 """Seconds of silence after which the stream sends a ``: keepalive`` comment."""
+MAX_SEQ = 2**62
+"""Largest seq a client may resume from (SQLite integers are 64-bit)."""
 PAGE = 10_000
 """Rows read from the database at once when (re)playing."""
 
@@ -68,7 +70,7 @@ def deployment_events(
     deployment_id: str,
     context: Context,
     caller: CallerDep,
-    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     logs: bool = False,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> StreamingResponse:
@@ -78,14 +80,26 @@ def deployment_events(
         raise ApiError(403, "forbidden", f"the logs of deployment {view.id} are {view.user}'s")
     start = after
     if last_event_id is not None:
-        if not last_event_id.isdigit():
-            raise ApiError(422, "invalid_request", "Last-Event-ID must be a history seq")
-        start = max(start, int(last_event_id))
+        start = max(start, _resume_seq(last_event_id))
     return StreamingResponse(
         _stream(context, deployment_id, start, logs),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _resume_seq(last_event_id: str) -> int:
+    """The history seq of a ``Last-Event-ID`` header (an ``id:`` the stream sent), or 400."""
+    text = last_event_id.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_SEQ:
+        shown = last_event_id if last_event_id.isprintable() else ascii(last_event_id)
+        raise ApiError(
+            400,
+            "bad_request",
+            f"header Last-Event-ID: expected a history seq (an id: the stream sent, "
+            f"a number from 0 to {MAX_SEQ}); got {shown!r}",
+        )
+    return int(text)
 
 
 async def _stream(
