@@ -282,6 +282,10 @@ class DaemonSettings(Frozen):
     workers: WorkerSettings = WorkerSettings()
     almighty_users: tuple[str, ...] = ("root",)
     max_upload_mib: Annotated[int, Field(ge=1)] = 4096
+    max_boot_file_mib: Annotated[int, Field(ge=1)] = 512
+    """Largest kernel or initrd a deployment copies out of its image to the TFTP root."""
+    max_boot_files_mib: Annotated[int, Field(ge=1)] = 768
+    """Largest kernel and initrd together, per deployment."""
 
     @property
     def tftp_root(self) -> Path:

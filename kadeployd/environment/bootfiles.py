@@ -1,4 +1,4 @@
-"""The kernel and initrd of a tar image, read out of the (compressed) stream, nothing extracted.
+"""The kernel and initrd of a tar image, read out of the (compressed) stream.
 
 The tar is read as a stream (``tarfile`` mode ``r|``), so it cannot seek back. Members are
 matched by normalised path (``./boot/vmlinuz``, ``boot/vmlinuz`` and ``/boot/vmlinuz`` are one
@@ -8,28 +8,67 @@ later; it stops as soon as both files are in hand. Only when a link points back 
 already passed (``vmlinuz -> vmlinuz-6.1`` stored after its target, or a link through a linked
 directory) does a second pass read the resolved paths.
 
-The content read into memory is bounded (``max_bytes`` per file): a kernel or initrd larger
-than that is refused rather than filling the daemon's memory.
+A file's content is copied in :data:`CHUNK` pieces to where it goes: straight into the TFTP
+root (:func:`publish_boot_files`, what the daemon uses: memory stays bounded whatever the
+image says) or into memory for small images (:func:`read_boot_files`). Sizes are bounded
+(:class:`BootFileLimits`, ``daemon.max_boot_file_mib`` and ``daemon.max_boot_files_mib``): a
+member whose tar header declares more is refused before a byte of it is read, and a file left
+half-written by any failure is removed. The published files of a deployment are removed by
+:func:`remove_boot_files` when it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import logging
+import os
 import posixpath
+import re
+import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, Protocol
 
 from kadeploy_core.environment.description import EnvironmentDescription, ImageKind
 from kadeploy_core.errors import EnvironmentError_, ImageError, Problem
-from kadeployd.environment.image import open_image_stream
+from kadeployd.environment.image import CHUNK, open_image_stream
 
 logger = logging.getLogger(__name__)
 
 MAX_BOOT_FILE_BYTES = 512 << 20
-"""Default bound on the size of a kernel or an initrd read into memory: 512 MiB."""
+"""Default bound on the size of a kernel or of an initrd: 512 MiB."""
+MAX_BOOT_FILES_BYTES = 768 << 20
+"""Default bound on a kernel and its initrd together: 768 MiB (a distribution's kernel is
+about 10 MiB, its initrd 30 to 200 MiB)."""
+
+ENVS_DIR = "envs"
+"""Under the TFTP root: one directory of boot files per deployment (as kadeployd/pxe/files.py)."""
+KERNEL_NAME = "vmlinuz"
+INITRD_NAME = "initrd"
+_KEY_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_TEMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True, slots=True)
+class BootFileLimits:
+    """How many bytes of boot files one environment may put on the TFTP server."""
+
+    per_file: int = MAX_BOOT_FILE_BYTES
+    """A kernel, or an initrd."""
+    total: int = MAX_BOOT_FILES_BYTES
+    """The kernel and the initrd together."""
+    per_file_setting: str = "daemon.max_boot_file_mib"
+    total_setting: str = "daemon.max_boot_files_mib"
+
+    @classmethod
+    def from_mib(cls, per_file_mib: int, total_mib: int) -> BootFileLimits:
+        """The limits of the configuration (``daemon.max_boot_file_mib``, ``..._files_mib``)."""
+        return cls(per_file=per_file_mib << 20, total=total_mib << 20)
+
 
 _TAR_BUFFER = 1 << 20
 _MAX_LINK_HOPS = 40
@@ -66,8 +105,8 @@ class _Catalogue:
     files: set[str] = field(default_factory=set)
     """Regular files seen."""
     dirs: set[str] = field(default_factory=set)
-    contents: dict[str, bytes] = field(default_factory=dict)
-    """Content of the regular files the pass was asked for."""
+    contents: set[str] = field(default_factory=set)
+    """The regular files the pass was asked for and copied to the store."""
 
     def resolve(self, path: str) -> str:
         """``path`` with every symbolic link (of any component) and hard link followed."""
@@ -88,13 +127,128 @@ class _Catalogue:
         return self.hardlinks.get(done, done)
 
 
-def read_boot_files(env: EnvironmentDescription, max_bytes: int = MAX_BOOT_FILE_BYTES) -> BootFiles:
-    """Read ``boot.kernel`` and ``boot.initrd`` out of ``env``'s tar image.
+def read_boot_files(
+    env: EnvironmentDescription,
+    max_bytes: int = MAX_BOOT_FILE_BYTES,
+    max_total: int = MAX_BOOT_FILES_BYTES,
+) -> BootFiles:
+    """Read ``boot.kernel`` and ``boot.initrd`` out of ``env``'s tar image, into memory.
 
-    Raises :class:`EnvironmentError_` naming ``boot.kernel`` or ``boot.initrd`` when the image
-    lacks the file (or it is a directory, a dangling link, a link loop, or too large), and
-    :class:`ImageError` when the image is not a tar or is truncated or corrupt.
+    For small images and tests; the daemon uses :func:`publish_boot_files`, which never holds
+    a file in memory. Raises :class:`EnvironmentError_` naming ``boot.kernel`` or
+    ``boot.initrd`` when the image lacks the file (or it is a directory, a dangling link, a
+    link loop, or too large), and :class:`ImageError` when the image is not a tar or is
+    truncated or corrupt.
     """
+    store = _MemoryStore()
+    limits = BootFileLimits(per_file=max_bytes, total=max_total)
+    resolved = _extract(env, store, limits)
+    kernel_path = resolved["kernel"]
+    initrd_path = resolved.get("initrd")
+    return BootFiles(
+        kernel=store.content(kernel_path),
+        initrd=store.content(initrd_path) if initrd_path is not None else None,
+        kernel_path=kernel_path,
+        initrd_path=initrd_path,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedBootFiles:
+    """Boot files written under the TFTP root: their TFTP paths and where they came from."""
+
+    kernel: str
+    """TFTP path, ``envs/<key>/vmlinuz``."""
+    initrd: str | None
+    kernel_path: str
+    """Path inside the image."""
+    initrd_path: str | None
+    size: int
+    """Bytes written, both files together."""
+
+
+def publish_boot_files(
+    env: EnvironmentDescription,
+    tftp_root: Path,
+    key: str,
+    limits: BootFileLimits | None = None,
+) -> PublishedBootFiles:
+    """Copy ``env``'s kernel and initrd out of its image to ``envs/<key>/`` under the TFTP
+    root, streaming (never a whole file in memory) within ``limits``.
+
+    The files are written to temporary names beside their final ones and renamed once both
+    are whole; on any failure nothing of this call is left behind (the directory too is
+    removed if this call created it). Raises like :func:`read_boot_files`, and
+    :class:`ImageError` if the TFTP root cannot be written.
+    """
+    directory = boot_files_dir(tftp_root, key)
+    created = not directory.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImageError(f"cannot create {directory}: {exc.strerror or exc}") from None
+    store = _DirectoryStore(directory)
+    try:
+        resolved = _extract(env, store, limits or BootFileLimits())
+        kernel_path = resolved["kernel"]
+        initrd_path = resolved.get("initrd")
+        store.publish(kernel_path, KERNEL_NAME)
+        if initrd_path is not None:
+            store.publish(initrd_path, INITRD_NAME)
+        else:
+            (directory / INITRD_NAME).unlink(missing_ok=True)
+    except BaseException:
+        store.discard()
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    finally:
+        store.close()
+    prefix = f"{ENVS_DIR}/{key}"
+    logger.info(
+        "%s: published %s/%s (%s) and %s, %d bytes",
+        env.image.file,
+        prefix,
+        KERNEL_NAME,
+        kernel_path,
+        initrd_path,
+        store.written,
+    )
+    return PublishedBootFiles(
+        kernel=f"{prefix}/{KERNEL_NAME}",
+        initrd=f"{prefix}/{INITRD_NAME}" if initrd_path is not None else None,
+        kernel_path=kernel_path,
+        initrd_path=initrd_path,
+        size=store.written,
+    )
+
+
+def boot_files_dir(tftp_root: Path, key: str) -> Path:
+    """``<tftp_root>/envs/<key>``; ImageError if ``key`` could name another directory."""
+    if not _KEY_RE.match(key) or key in (".", ".."):
+        raise ImageError(
+            f"boot files key {key!r}: expected 1 to 128 letters, digits, '.', '_' or '-'"
+        )
+    return Path(tftp_root) / ENVS_DIR / key
+
+
+def remove_boot_files(tftp_root: Path, key: str) -> bool:
+    """Remove the boot files :func:`publish_boot_files` wrote under ``key`` (at the end of
+    the deployment that published them); False if there were none. Raises ImageError if the
+    directory cannot be removed."""
+    directory = boot_files_dir(tftp_root, key)
+    if not directory.is_dir():
+        return False
+    try:
+        shutil.rmtree(directory)
+    except OSError as exc:
+        raise ImageError(f"cannot remove {directory}: {exc.strerror or exc}") from None
+    logger.info("removed the boot files %s/%s", ENVS_DIR, key)
+    return True
+
+
+def _extract(env: EnvironmentDescription, store: _Store, limits: BootFileLimits) -> dict[str, str]:
+    """Copy the boot files into ``store``; boot key -> resolved path inside the image."""
     if env.image.kind is not ImageKind.TAR:
         raise ImageError(
             f"image {str(env.image.file)!r} is a {env.image.kind.value} image: "
@@ -103,7 +257,7 @@ def read_boot_files(env: EnvironmentDescription, max_bytes: int = MAX_BOOT_FILE_
     wanted = {"kernel": env.boot.kernel}
     if env.boot.initrd is not None:
         wanted["initrd"] = env.boot.initrd
-    reader = _BootFileReader(env, max_bytes)
+    reader = _BootFileReader(env, store, limits)
     catalogue = reader.scan(wanted)
     resolved, problems = _resolve_all(env, catalogue, wanted)
     if problems:
@@ -111,24 +265,81 @@ def read_boot_files(env: EnvironmentDescription, max_bytes: int = MAX_BOOT_FILE_
     missing = {path: key for key, path in resolved.items() if path not in catalogue.contents}
     if missing:
         logger.debug("%s: second pass for %s", env.image.file, sorted(missing))
-        catalogue.contents.update(reader.read_paths(missing))
-        if any(path not in catalogue.contents for path in missing):
+        found = reader.read_paths(missing)
+        if any(path not in found for path in missing):
             raise ImageError(f"image {str(env.image.file)!r} changed while it was being read")
-    kernel_path = resolved["kernel"]
-    initrd_path = resolved.get("initrd")
-    logger.info(
-        "%s: kernel %s (%d bytes), initrd %s",
-        env.image.file,
-        kernel_path,
-        len(catalogue.contents[kernel_path]),
-        initrd_path,
-    )
-    return BootFiles(
-        kernel=catalogue.contents[kernel_path],
-        initrd=catalogue.contents[initrd_path] if initrd_path is not None else None,
-        kernel_path=kernel_path,
-        initrd_path=initrd_path,
-    )
+    return resolved
+
+
+class _Store(Protocol):
+    """Where the content of the files read goes, one file per path inside the image."""
+
+    written: int
+
+    def open(self, path: str) -> IO[bytes]: ...
+
+
+class _MemoryStore:
+    def __init__(self) -> None:
+        self.written = 0
+        self._files: dict[str, io.BytesIO] = {}
+
+    def open(self, path: str) -> IO[bytes]:
+        self._files[path] = io.BytesIO()
+        return self._files[path]
+
+    def content(self, path: str) -> bytes:
+        return self._files[path].getvalue()
+
+
+class _DirectoryStore:
+    """Temporary files in the destination directory (``os.replace`` stays on one file
+    system), renamed to their final names by :meth:`publish`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.written = 0
+        self._directory = directory
+        self._temps: dict[str, Path] = {}
+        self._open: list[IO[bytes]] = []
+        self._published: list[Path] = []
+
+    def open(self, path: str) -> IO[bytes]:
+        digest = hashlib.sha256(path.encode()).hexdigest()[:16]
+        temp = self._directory / f".{digest}{_TEMP_SUFFIX}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        self._temps[path] = temp
+        handle = os.fdopen(fd, "wb")
+        self._open.append(handle)
+        return handle
+
+    def publish(self, path: str, name: str) -> None:
+        """The file read from ``path`` under its final ``name`` (a copy if already published
+        under another name: the kernel and the initrd may be one file of the image)."""
+        source = self._temps[path]
+        target = self._directory / name
+        try:
+            if source.name.endswith(_TEMP_SUFFIX):
+                os.chmod(source, 0o644)  # read by the TFTP server, whatever the umask
+                os.replace(source, target)
+                self._temps[path] = target
+            else:
+                shutil.copyfile(source, target)
+        except OSError as exc:
+            raise ImageError(f"cannot write {target}: {exc.strerror or exc}") from None
+        self._published.append(target)
+
+    def close(self) -> None:
+        for handle in self._open:
+            with contextlib.suppress(OSError):
+                handle.close()
+        self._open.clear()
+
+    def discard(self) -> None:
+        """Remove every file this store wrote (a failure: nothing half-done stays)."""
+        self.close()
+        for leftover in (*self._temps.values(), *self._published):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
 
 def _resolve_all(
@@ -161,10 +372,11 @@ def _resolve_all(
 class _BootFileReader:
     """Streaming passes over one tar image."""
 
-    def __init__(self, env: EnvironmentDescription, max_bytes: int) -> None:
+    def __init__(self, env: EnvironmentDescription, store: _Store, limits: BootFileLimits) -> None:
         self._env = env
         self._path: Path = env.image.file
-        self._max_bytes = max_bytes
+        self._store = store
+        self._limits = limits
 
     def scan(self, wanted: dict[str, str]) -> _Catalogue:
         """First pass: catalogue links, keep the ``wanted`` files, following links forward.
@@ -187,44 +399,78 @@ class _BootFileReader:
             elif member.isreg():
                 catalogue.files.add(name)
                 if name in targets and name not in catalogue.contents:
-                    catalogue.contents[name] = self._read(tar, member, name, targets[name])
+                    self._copy(tar, member, name, targets[name])
+                    catalogue.contents.add(name)
                     if all(target in catalogue.contents for target in targets):
                         logger.debug("%s: boot files found, stopping early", self._path)
                         break
         return catalogue
 
-    def read_paths(self, paths: dict[str, str]) -> dict[str, bytes]:
-        """Second pass: the content of regular files ``paths`` (path -> key of ``boot``)."""
-        found: dict[str, bytes] = {}
+    def read_paths(self, paths: dict[str, str]) -> set[str]:
+        """Second pass: copy the regular files ``paths`` (path -> key of ``boot``)."""
+        found: set[str] = set()
         for member, tar in self._members():
             name = normalise(member.name)
             if name in paths and name not in found and member.isreg():
-                found[name] = self._read(tar, member, name, paths[name])
+                self._copy(tar, member, name, paths[name])
+                found.add(name)
                 if len(found) == len(paths):
                     break
         return found
 
-    def _read(self, tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, key: str) -> bytes:
-        if member.size > self._max_bytes:
-            raise EnvironmentError_(
-                [
-                    self._env.problem(
-                        ("boot", key),
-                        f"{name} is {member.size} bytes in {str(self._path)!r}, "
-                        f"more than the limit of {self._max_bytes} bytes",
-                    )
-                ]
+    def _copy(self, tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, key: str) -> None:
+        """Copy ``member`` to the store in chunks, within the limits (checked against the
+        size the tar header declares before anything is read, and against what is copied)."""
+        limits = self._limits
+        if member.size > limits.per_file:
+            raise self._too_large(
+                key, f"{name} is {member.size} bytes", limits.per_file, limits.per_file_setting
+            )
+        if self._store.written + member.size > limits.total:
+            raise self._too_large(
+                key,
+                f"{name} is {member.size} bytes, after {self._store.written} bytes of boot "
+                "files already",
+                limits.total,
+                limits.total_setting,
+                together=True,
             )
         handle = tar.extractfile(member)
         if handle is None:  # pragma: no cover - isreg() members always have data
             raise ImageError(f"image {str(self._path)!r}: {name} has no data")
+        out = self._store.open(name)
+        copied = 0
         try:
-            data = handle.read()
+            while True:
+                chunk = handle.read(CHUNK)
+                if not chunk:
+                    break
+                copied += len(chunk)
+                if copied > member.size:  # pragma: no cover - tarfile reads member.size bytes
+                    raise ImageError(f"image {str(self._path)!r}: {name} longer than declared")
+                out.write(chunk)
         except tarfile.TarError as exc:
             raise self._broken(exc) from None
-        if len(data) != member.size:
+        except OSError as exc:  # the TFTP root's disk (decompression errors are ImageError)
+            raise ImageError(f"cannot write the boot file {name}: {exc.strerror or exc}") from None
+        if copied != member.size:
             raise ImageError(f"image {str(self._path)!r}: truncated inside {name}")
-        return data
+        out.flush()
+        self._store.written += copied
+
+    def _too_large(
+        self, key: str, what: str, limit: int, setting: str, together: bool = False
+    ) -> EnvironmentError_:
+        bound = "the limit on boot files together" if together else "the limit"
+        return EnvironmentError_(
+            [
+                self._env.problem(
+                    ("boot", key),
+                    f"{what} in {str(self._path)!r}, more than {bound} of {limit} bytes "
+                    f"({setting})",
+                )
+            ]
+        )
 
     def _members(self) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
         """Each member of the image with the open tar, translating every error."""
