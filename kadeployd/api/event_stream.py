@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kadeploy_core.schemas import HistoryOut, ProgressOut, TransferOut
-from kadeployd.api.convert import deployment_out, history_out
+from kadeployd.api.convert import HIDDEN, deployment_out, history_out
 from kadeployd.events.types import (
     DeploymentEnded,
     Event,
@@ -49,9 +49,9 @@ def log_text(seq: int, node: str, at: float, stream: str, text: str) -> str:
     return f"event: log\ndata: {json.dumps(data)}\n\n"
 
 
-def end_text(view: DeploymentView) -> str:
-    """The ``end`` event: the deployment's document."""
-    return f"event: end\ndata: {deployment_out(view).model_dump_json()}\n\n"
+def end_text(view: DeploymentView, full: bool = True) -> str:
+    """The ``end`` event: the deployment's document (without ``full``, as others see it)."""
+    return f"event: end\ndata: {deployment_out(view, full=full).model_dump_json()}\n\n"
 
 
 def progress_event(progress: ProgressOut | None, sent: ProgressOut | None) -> str | None:
@@ -120,7 +120,9 @@ class Transfers:
 class StreamCursor:
     """What one stream sent; turns database rows and hub events into text, each once."""
 
-    def __init__(self, after: int, logs: bool) -> None:
+    def __init__(self, after: int, logs: bool, full: bool = True) -> None:
+        self.full = full
+        """The reader sees messages (owner or administrator); see :mod:`..convert`."""
         self.state_seq = after
         """The last history seq sent (or resumed from)."""
         self.log_seq: int | None = 0 if logs else None
@@ -136,7 +138,7 @@ class StreamCursor:
         for entry in entries:
             if entry.seq > self.state_seq:
                 self.state_seq = entry.seq
-                texts.append(state_text(history_out(entry)))
+                texts.append(state_text(history_out(entry, full=self.full)))
         return texts
 
     def lines(self, lines: Iterable[LogLine]) -> list[str]:
@@ -156,7 +158,7 @@ class StreamCursor:
                 case NodeStateChanged() if event.seq > self.state_seq:
                     self.state_seq = event.seq
                     self.transfers.entered(event)
-                    texts.append(state_text(_history_out(event)))
+                    texts.append(state_text(_history_out(event, self.full)))
                 case NodeLogged() if self.log_seq is not None and event.seq > self.log_seq:
                     self.log_seq = event.seq
                     texts.append(
@@ -179,7 +181,7 @@ class StreamCursor:
         return text
 
 
-def _history_out(event: NodeStateChanged) -> HistoryOut:
+def _history_out(event: NodeStateChanged, full: bool) -> HistoryOut:
     return HistoryOut(
         seq=event.seq,
         node=event.node,
@@ -187,6 +189,6 @@ def _history_out(event: NodeStateChanged) -> HistoryOut:
         macrostep=event.macrostep,
         variant=event.variant,
         attempt=event.attempt,
-        message=event.message,
+        message=event.message if full or not event.message else HIDDEN,
         at=event.at,
     )

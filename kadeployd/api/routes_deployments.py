@@ -22,7 +22,7 @@ from kadeploy_core.schemas import (
 from kadeployd.api import custom_steps, environments
 from kadeployd.api.auth import Caller, CallerDep, Context
 from kadeployd.api.context import ApiContext
-from kadeployd.api.convert import deployment_out, history_out, node_state_out
+from kadeployd.api.convert import deployment_out, history_out, node_state_out, sees_details
 from kadeployd.api.errors import ApiError
 from kadeployd.api.responses import ERRORS
 from kadeployd.api.uploads import UploadError, UploadInfo
@@ -113,28 +113,35 @@ def list_deployments(
     user: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[DeploymentOut]:
-    """Latest deployments first (everyone's, as kastat shows them)."""
-    return [deployment_out(v) for v in context.reader.deployments(status, user, limit)]
+    """Latest deployments first (everyone's, as kastat shows them; others' custom steps
+    hidden)."""
+    return [
+        deployment_out(v, full=sees_details(caller, v.user))
+        for v in context.reader.deployments(status, user, limit)
+    ]
 
 
 @router.get("/{deployment_id}", response_model=DeploymentOut)
 def get_deployment(deployment_id: str, context: Context, caller: CallerDep) -> DeploymentOut:
     """One deployment, with how many nodes are in each state."""
     view = context.reader.deployment(deployment_id)
-    return deployment_out(view, context.reader.nodes(deployment_id))
+    full = sees_details(caller, view.user)
+    return deployment_out(view, context.reader.nodes(deployment_id), full=full)
 
 
 @router.get("/{deployment_id}/nodes", response_model=list[NodeStateOut])
 def get_nodes(deployment_id: str, context: Context, caller: CallerDep) -> list[NodeStateOut]:
-    """Every node's current record, in deployment order."""
-    return [node_state_out(n) for n in context.reader.nodes(deployment_id)]
+    """Every node's current record, in deployment order (others' error messages hidden)."""
+    full = sees_details(caller, context.reader.deployment(deployment_id).user)
+    return [node_state_out(n, full=full) for n in context.reader.nodes(deployment_id)]
 
 
 @router.get("/{deployment_id}/nodes/{node}", response_model=NodeDetailOut)
 def get_node(deployment_id: str, node: str, context: Context, caller: CallerDep) -> NodeDetailOut:
-    """One node's record and the states it went through."""
-    view = node_state_out(context.reader.node(deployment_id, node))
-    history = [history_out(h) for h in context.reader.history(deployment_id, node)]
+    """One node's record and the states it went through (others' messages hidden)."""
+    full = sees_details(caller, context.reader.deployment(deployment_id).user)
+    view = node_state_out(context.reader.node(deployment_id, node), full=full)
+    history = [history_out(h, full=full) for h in context.reader.history(deployment_id, node)]
     return NodeDetailOut(**view.model_dump(), history=history)
 
 

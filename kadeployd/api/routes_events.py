@@ -40,6 +40,7 @@ from fastapi.responses import StreamingResponse
 
 from kadeployd.api.auth import CallerDep, Context
 from kadeployd.api.context import ApiContext
+from kadeployd.api.convert import sees_details
 from kadeployd.api.errors import ApiError
 from kadeployd.api.event_stream import KEEPALIVE_TEXT, StreamCursor, end_text, progress_event
 from kadeployd.api.responses import ERRORS
@@ -76,13 +77,14 @@ def deployment_events(
 ) -> StreamingResponse:
     """Follow a deployment: its nodes' state changes (and logs), then its end."""
     view = context.reader.deployment(deployment_id)
-    if logs and view.user != caller.user and not caller.admin:
+    full = sees_details(caller, view.user)
+    if logs and not full:
         raise ApiError(403, "forbidden", f"the logs of deployment {view.id} are {view.user}'s")
     start = after
     if last_event_id is not None:
         start = max(start, _resume_seq(last_event_id))
     return StreamingResponse(
-        _stream(context, deployment_id, start, logs),
+        _stream(context, deployment_id, start, logs, full),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -103,9 +105,10 @@ def _resume_seq(last_event_id: str) -> int:
 
 
 async def _stream(
-    context: ApiContext, deployment_id: str, after: int, logs: bool
+    context: ApiContext, deployment_id: str, after: int, logs: bool, full: bool
 ) -> AsyncIterator[str]:
-    """Subscribe, replay from the database, then follow the hub until the deployment ends."""
+    """Subscribe, replay from the database, then follow the hub until the deployment ends;
+    without ``full`` (not the owner's nor an administrator's), messages hidden."""
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
 
@@ -114,7 +117,7 @@ async def _stream(
             loop.call_soon_threadsafe(ready.set)
 
     kinds = EVENT_TYPES if logs else EVENT_TYPES - {NodeLogged}
-    cursor = StreamCursor(after, logs)
+    cursor = StreamCursor(after, logs, full)
     with context.events.subscribe(deployment_id, kinds=kinds, waker=wake) as subscription:
         # Subscribed before reading: what commits from now on is queued, what committed
         # before is read; the overlap is sent once (seqs).
@@ -173,5 +176,5 @@ async def _replay(
         texts.append(progress)
     ended = view.status != DeploymentStatus.RUNNING
     if ended:
-        texts.append(end_text(view))
+        texts.append(end_text(view, cursor.full))
     return "".join(texts), ended
