@@ -40,7 +40,7 @@ from kadeployd.pxe import user_profiles
 from kadeployd.pxe.actor import PxeActor
 from kadeployd.pxe.user_profiles import UserProfile
 from kadeployd.reboot.actor import RebootActor
-from kadeployd.reboot.jobs import RebootResult, not_run
+from kadeployd.reboot.jobs import RebootResult, ReplyTo, not_run
 from kadeployd.reboot.levels import LEVELS, PowerAction, RebootLevel, stronger_level
 from kadeployd.runtime import Workers
 from kadeployd.store.actor import StoreActor
@@ -255,8 +255,6 @@ class Daemon:
         and reported as such."""
         if not nodes:
             return []
-        batch = uuid.uuid4().hex[:12]
-        ids = {node.name: f"api-{batch}/{node.name}" for node in nodes}
         results: dict[str, RebootResult] = {}
         lock = threading.Lock()
         done = threading.Event()
@@ -264,8 +262,33 @@ class Daemon:
         def reply(result: RebootResult) -> None:  # a worker or the actor's thread: no blocking
             with lock:
                 results[result.node.name] = result
-                if len(results) == len(ids):
+                if len(results) == len(nodes):
                     done.set()
+
+        wait = self.power_wait(nodes)
+        ids = self.submit_power(nodes, operation, reply)
+        if not done.wait(wait):
+            with lock:
+                missing = [ids[n.name] for n in nodes if n.name not in results]
+            for request_id in missing:
+                logger.warning("request %s: no answer in %.0f s: cancelling", request_id, wait)
+                self.cancel_power(request_id)
+            done.wait(CANCEL_GRACE)
+        with lock:
+            return [
+                results.get(node.name)
+                or not_run(ids[node.name], node, operation, f"no answer within {wait:.0f} s")
+                for node in nodes
+            ]
+
+    def submit_power(
+        self, nodes: Sequence[Node], operation: PowerAction | RebootLevel, reply: ReplyTo
+    ) -> dict[str, str]:
+        """Queue ``operation`` for each of ``nodes`` (distinct) on the RebootActor, without
+        waiting for any command; node name -> request id. Each node's one result goes to
+        ``reply``, from another thread (it must not block). The asks are bounded."""
+        batch = uuid.uuid4().hex[:12]
+        ids = {node.name: f"api-{batch}/{node.name}" for node in nodes}
 
         def submit(proxy: pykka.ActorProxy[Any], node: Node) -> pykka.Future[Any]:
             if isinstance(operation, PowerAction):
@@ -274,24 +297,16 @@ class Daemon:
                 future = proxy.reboot(ids[node.name], node, operation, reply)
             return future
 
-        wait = self.power_wait(nodes)
         for node in nodes:
             directory.call(self._tree, REBOOT, functools.partial(submit, node=node), CALL_TIMEOUT)
-        if not done.wait(wait):
-            with lock:
-                missing = [ids[n.name] for n in nodes if n.name not in results]
-            for request_id in missing:
-                logger.warning("request %s: no answer in %.0f s: cancelling", request_id, wait)
-                directory.call(
-                    self._tree, REBOOT, functools.partial(_cancel, request_id=request_id)
-                )
-            done.wait(CANCEL_GRACE)
-        with lock:
-            return [
-                results.get(node.name)
-                or not_run(ids[node.name], node, operation, f"no answer within {wait:.0f} s")
-                for node in nodes
-            ]
+        return ids
+
+    def cancel_power(self, request_id: str) -> bool:
+        """Cancel a queued or running power request (its result still comes, cancelled)."""
+        cancelled: bool = directory.call(
+            self._tree, REBOOT, functools.partial(_cancel, request_id=request_id)
+        )
+        return cancelled
 
     def reload(self) -> Config:
         """Re-read the configuration (SIGHUP); running deployments keep the one they started

@@ -1,11 +1,14 @@
 """``/v1/power`` (kapower: on, off, status) and ``/v1/reboots`` (kareboot).
 
 Both run the nodes' configured power commands through the RebootActor and answer once every
-node's command ended or its time ran out (the route waits in the server's thread pool,
-bounded; never in an actor): one result per node, HTTP 200 even when some failed, so that a
-client sees each node's outcome. A user needs a right on every node (any partition), as for
-deployments, and a node that a running deployment holds is refused unless ``force``: the
-daemon's NodeSupervisor decides (kadeployd/admission), the route only asks it.
+node's command ended or its time ran out (the route awaits the results on the event loop,
+bounded, holding none of the server's threads: kadeployd/api/power_wait.py): one result per
+node, HTTP 200 even when some failed, so that a client sees each node's outcome. One user has
+at most ``daemon.api.max_power_requests_per_user`` such requests waiting; beyond, 429.
+
+A user needs a right on every node (any partition), as for deployments, and a node that a
+running deployment holds is refused unless ``force``: the daemon's NodeSupervisor decides
+(kadeployd/admission), the route only asks it.
 
 The kinds of reboot (Kadeploy3's kareboot ``-r``):
 
@@ -24,14 +27,16 @@ The kinds of reboot (Kadeploy3's kareboot ``-r``):
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from starlette.concurrency import run_in_threadpool
 
 from kadeploy_core.errors import InputError, Problem
 from kadeploy_core.schemas import DeploymentOut, EnvironmentRef, FileName, NodeName, UploadId
-from kadeployd.api import environments
+from kadeployd.api import environments, power_wait
 from kadeployd.api.auth import Caller, CallerDep, Context
 from kadeployd.api.context import ApiContext
 from kadeployd.api.convert import deployment_out
@@ -102,12 +107,25 @@ class PowerResultOut(BaseModel):
 
 
 @router.post("/power", response_model=list[PowerResultOut])
-def power(body: PowerRequestIn, context: Context, caller: CallerDep) -> list[PowerResultOut]:
+async def power(body: PowerRequestIn, context: Context, caller: CallerDep) -> list[PowerResultOut]:
     """Power nodes on or off, or read their power state (``status``)."""
-    nodes = context.daemon.check_nodes(caller.user, body.nodes, f"power {body.action}", body.force)
-    results = context.daemon.power(nodes, PowerAction(body.action))
+    with _slot(context, caller):
+        nodes = await run_in_threadpool(
+            context.daemon.check_nodes,
+            caller.user,
+            body.nodes,
+            f"power {body.action}",
+            body.force,
+        )
+        results = await power_wait.power(context.daemon, nodes, PowerAction(body.action))
     logger.info("%s: power %s of %d nodes", caller.user, body.action, len(nodes))
     return [_out(r) for r in results]
+
+
+def _slot(context: ApiContext, caller: Caller) -> AbstractContextManager[None]:
+    """One of the caller's power slots (429 when they are all taken)."""
+    limit = context.config.daemon.api.max_power_requests_per_user
+    return power_wait.slots_of(context).slot(caller.user, limit)
 
 
 @router.post(
@@ -121,7 +139,7 @@ def power(body: PowerRequestIn, context: Context, caller: CallerDep) -> list[Pow
         }
     },
 )
-def reboot(
+async def reboot(
     body: RebootRequestIn, context: Context, caller: CallerDep, response: Response
 ) -> list[PowerResultOut] | DeploymentOut:
     """Reboot nodes at a level (soft, hard, very_hard): simply, after setting your own PXE
@@ -129,15 +147,19 @@ def reboot(
     already deployed on a partition (``recorded_env``)."""
     _check_kind_fields(body)
     if body.kind in ("deploy_env", "recorded_env"):
-        view = _start_operation(body, context, caller)
+        view = await run_in_threadpool(_start_operation, body, context, caller)
         response.status_code = 202
         response.headers["Location"] = f"/v1/deployments/{view.id}"
         return view
-    nodes = context.daemon.check_nodes(caller.user, body.nodes, "reboot", body.force)
-    if body.kind == "set_pxe":
-        assert body.profile is not None
-        _set_pxe(context, caller, nodes, _profile(body.profile, caller), body.files)
-    results = context.daemon.reboot(nodes, RebootLevel(body.level))
+    with _slot(context, caller):
+        nodes = await run_in_threadpool(
+            context.daemon.check_nodes, caller.user, body.nodes, "reboot", body.force
+        )
+        if body.kind == "set_pxe":
+            assert body.profile is not None
+            profile = _profile(body.profile, caller)
+            await run_in_threadpool(_set_pxe, context, caller, nodes, profile, body.files)
+        results = await power_wait.reboot(context.daemon, nodes, RebootLevel(body.level))
     logger.info("%s: %s %s reboot of %d nodes", caller.user, body.kind, body.level, len(nodes))
     return [_out(r) for r in results]
 

@@ -226,6 +226,9 @@ class ApiSettings(Frozen):
     """Event streams one user holds open at once; beyond it 429."""
     max_streams: Annotated[int, Field(ge=1, le=100_000)] = 256
     """Event streams open at once over all users; beyond it 429."""
+    max_power_requests_per_user: Annotated[int, Field(ge=1, le=100_000)] = 8
+    """Power and simple reboot requests of one user waiting for their commands at once
+    (each may name many nodes); beyond it 429."""
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ApiSettings:
@@ -286,6 +289,12 @@ class DaemonSettings(Frozen):
     """Largest kernel or initrd a deployment copies out of its image to the TFTP root."""
     max_boot_files_mib: Annotated[int, Field(ge=1)] = 768
     """Largest kernel and initrd together, per deployment."""
+    max_uploads_per_user: Annotated[int, Field(ge=1)] = 32
+    """Uploads one user keeps stored, not used yet (being received included); beyond it 429."""
+    max_upload_storage_mib: Annotated[int, Field(ge=1)] = 16384
+    """Bytes of the uploads one user keeps stored, not used yet; beyond it 413."""
+    max_set_pxe_files_mib: Annotated[int, Field(ge=1)] = 1024
+    """Bytes of the files one user's set_pxe keeps under ``users/<user>/`` of the TFTP root."""
 
     @property
     def tftp_root(self) -> Path:
