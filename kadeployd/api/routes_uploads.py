@@ -2,7 +2,8 @@
 
 ``POST /v1/uploads?name=debian.tar.zst`` with the raw bytes (any content type, streamed to disk,
 at most ``daemon.max_upload_mib``) answers the upload's id, to be named in a deployment's or
-an environment's ``files``.
+an environment's ``files``. A user keeps at most ``daemon.max_uploads_per_user`` uploads not
+used yet (429 beyond) holding at most ``daemon.max_upload_storage_mib`` (413 beyond).
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from kadeploy_core.schemas import UploadOut
 from kadeployd.api.auth import CallerDep, Context
 from kadeployd.api.errors import ApiError
 from kadeployd.api.responses import ERRORS
-from kadeployd.api.uploads import UploadError, UploadInfo, UploadTooLarge
+from kadeployd.api.uploads import (
+    TooManyUploads,
+    UploadError,
+    UploadInfo,
+    UploadQuota,
+    UploadTooLarge,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +64,14 @@ async def upload(
             f"{limit // 2**20} MiB (daemon.max_upload_mib)",
         )
     context.uploads.sweep()
-    writer = context.uploads.writer(caller.user, name, limit)
+    settings = context.config.daemon
+    quota = UploadQuota(settings.max_uploads_per_user, settings.max_upload_storage_mib * 2**20)
+    try:
+        writer = context.uploads.writer(caller.user, name, limit, quota)
+    except TooManyUploads as exc:
+        raise ApiError(429, exc.code, str(exc)) from None
+    except UploadTooLarge as exc:
+        raise ApiError(413, exc.code, str(exc)) from None
     try:
         async for chunk in request.stream():
             writer.write(chunk)
@@ -67,7 +81,11 @@ async def upload(
     except BaseException:
         writer.discard()
         raise
-    return _out(writer.commit())
+    try:
+        info = writer.commit()
+    except UploadTooLarge as exc:
+        raise ApiError(413, exc.code, str(exc)) from None
+    return _out(info)
 
 
 @router.get("", response_model=list[UploadOut])

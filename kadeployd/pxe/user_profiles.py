@@ -15,6 +15,12 @@ Kadeploy3's ``FILES_PREFIX--vmlinuz``) becomes ``KERNEL users/alice/vmlinuz``.
 
 Files are written like the PxeActor writes its own (:func:`atomic_write`): a node's firmware
 reading at any moment sees a whole file.
+
+They do not stay forever: a file of ``users/<user>/`` that no node's profile names any more
+(its node was deployed since, or given another profile) is removed by :func:`sweep_user_files`,
+run before each publication (a file published less than :data:`UNREFERENCED_GRACE` seconds ago
+is kept: its profiles may be on their way). What a user keeps there is bounded
+(``max_bytes`` of :func:`publish_files`, ``daemon.max_set_pxe_files_mib``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +40,7 @@ from kadeploy_core.errors import InputError, Problem
 from kadeploy_core.filenames import check_file_name
 from kadeployd.pxe.errors import PxeError
 from kadeployd.pxe.files import atomic_write
-from kadeployd.pxe.profiles import profile_path, validate_tftp_path
+from kadeployd.pxe.profiles import PROFILE_DIR, profile_path, validate_tftp_path
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +50,10 @@ MAX_FILES = 16
 """Most ``-x`` files in one request."""
 USERS_DIR = "users"
 FILES_PREFIX = "FILES_PREFIX"
+MAX_USER_FILES_BYTES = 1 << 30
+"""Default bound on the bytes of one user's published files (``daemon.max_set_pxe_files_mib``)."""
+UNREFERENCED_GRACE = 600.0
+"""Seconds a published file no profile names is kept (its profiles are being written)."""
 
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,62}\$?$")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -160,22 +171,125 @@ def write_profiles(root: Path, macs: Sequence[str], profile: UserProfile) -> lis
     return written
 
 
-def publish_files(root: Path, user: str, files: Mapping[str, Path]) -> list[str]:
+def publish_files(
+    root: Path,
+    user: str,
+    files: Mapping[str, Path],
+    max_bytes: int = MAX_USER_FILES_BYTES,
+    *,
+    setting: str = "daemon.max_set_pxe_files_mib",
+) -> list[str]:
     """Copy each ``name -> local file`` to ``users/<user>/name`` under the TFTP root
-    (replacing a file of the same name); their TFTP paths. Raises PxeError."""
+    (replacing a file of the same name); their TFTP paths. Raises PxeError.
+
+    The user's files no profile names any more are removed first; then InputError (nothing
+    copied) if the user's remaining files and the new ones would pass ``max_bytes``.
+    """
     directory = Path(root) / user_dir(user)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PxeError(f"cannot create {directory}: {err.strerror or err}") from None
-    published = []
-    for name, source in files.items():
+    for name in files:
         problem = check_file_name(name)
         if problem is not None:
             raise PxeError(f"file name: {problem}")
+    sweep_user_files(root, [user])
+    _check_room(directory, user, files, max_bytes, setting)
+    published = []
+    for name, source in files.items():
         _copy_atomically(source, directory / name)
         published.append(f"{user_dir(user)}/{name}")
     return published
+
+
+def _check_room(
+    directory: Path, user: str, files: Mapping[str, Path], max_bytes: int, setting: str
+) -> None:
+    kept = sum(size for name, size in _sizes(directory).items() if name not in files)
+    try:
+        incoming = sum(source.stat().st_size for source in files.values())
+    except OSError as err:
+        raise PxeError(f"cannot read a file to publish: {err.strerror or err}") from None
+    if kept + incoming > max_bytes:
+        raise InputError(
+            [
+                Problem(
+                    "request",
+                    f"{user}'s PXE files would take {kept + incoming} bytes under "
+                    f"{user_dir(user)}/ ({kept} kept for profiles still set, {incoming} new), "
+                    f"more than the limit of {max_bytes} bytes ({setting}); deploy or reset "
+                    "the nodes still using your other files, or send smaller ones",
+                    "files",
+                )
+            ]
+        )
+
+
+def _sizes(directory: Path) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
+    return sizes
+
+
+def referenced_files(root: Path) -> set[str]:
+    """TFTP paths under ``users/`` that some node's profile names (any word of it)."""
+    names: set[str] = set()
+    profiles = Path(root) / PROFILE_DIR
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(profiles):
+            if not entry.is_file(follow_symlinks=False) or entry.name.startswith("."):
+                continue
+            try:
+                with open(entry.path, encoding="utf-8", errors="replace") as handle:
+                    text = handle.read(MAX_PROFILE_BYTES + 1)
+            except OSError:
+                continue
+            for word in text.replace(",", " ").replace("=", " ").split():
+                relative = word.lstrip("/")
+                if relative.startswith(f"{USERS_DIR}/"):
+                    names.add(relative)
+    return names
+
+
+def sweep_user_files(
+    root: Path, users: Iterable[str] | None = None, grace: float = UNREFERENCED_GRACE
+) -> int:
+    """Remove the files under ``users/<user>/`` (every user's if ``users`` is None) that no
+    node's profile names and that were published more than ``grace`` seconds ago; how many.
+
+    To call when profiles change hands: before a publication (done by :func:`publish_files`)
+    and after a deployment rewrote its nodes' profiles."""
+    base = Path(root) / USERS_DIR
+    if users is None:
+        try:
+            users = [entry.name for entry in os.scandir(base) if entry.is_dir()]
+        except FileNotFoundError:
+            return 0
+    referenced = referenced_files(root)
+    limit = time.time() - grace
+    removed = 0
+    for user in users:
+        prefix = user_dir(user)
+        directory = Path(root) / prefix
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if f"{prefix}/{entry.name}" in referenced:
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < limit:
+                    os.unlink(entry.path)
+                    removed += 1
+    if removed:
+        logger.info("removed %d PXE file(s) of users that no profile names any more", removed)
+    return removed
 
 
 def _copy_atomically(source: Path, target: Path) -> None:
