@@ -8,6 +8,9 @@ or ``host:25300``).
 
 The token: ``$KADEPLOY_TOKEN``, else the file ``~/.kadeploy/token`` that ``kadeploy-server
 token add USER`` writes.
+
+An ``https://`` server is verified against the system's certificate authorities, or against
+the PEM file ``$KADEPLOY_CA_FILE`` (a self-signed server certificate, or a site's own CA).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +35,7 @@ logger = logging.getLogger(__name__)
 SERVER_ENV = "KADEPLOY_SERVER"
 TOKEN_ENV = "KADEPLOY_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 CONF_ENV = "KADEPLOY_CONF"
+CA_FILE_ENV = "KADEPLOY_CA_FILE"
 TOKEN_FILE = Path(".kadeploy") / "token"
 TIMEOUT = 30.0
 LONG_TIMEOUT = 3600.0
@@ -111,6 +116,20 @@ def resolve_token() -> str | None:
     return token or None
 
 
+def tls_verification() -> ssl.SSLContext | bool:
+    """How an https server is verified: against ``$KADEPLOY_CA_FILE`` if set, else the
+    system's authorities (True)."""
+    path = os.environ.get(CA_FILE_ENV, "").strip()
+    if not path:
+        return True
+    try:
+        return ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageProblem(
+            f"${CA_FILE_ENV}: cannot read {path} as PEM certificates: {exc}"
+        ) from None
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One server-sent event."""
@@ -133,7 +152,7 @@ class Client:
             transport = httpx.HTTPTransport(uds=str(address.socket))
             base = "http://kadeployd"
         else:
-            transport = httpx.HTTPTransport()
+            transport = httpx.HTTPTransport(verify=tls_verification())
             base = str(address.url)
         self._http = httpx.Client(
             transport=transport, base_url=base, headers=headers, timeout=TIMEOUT

@@ -5,11 +5,14 @@ with httpx and with raw sockets where httpx would not send what an attacker send
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import json
 import logging
 import os
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,16 +23,25 @@ import pytest
 from api_fixtures import (
     RunningApi,
     api_config,
+    client_for,
     error_of,
     register,
     socket_dir,
     start_api,
 )
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from daemon_fixtures import make_tar_environment, stop_all_actors, wait_until
 from test_daemon_actors import UNTRUSTED_REBOOT, processes_with, slow
 
 from kadeploy_cli import kapower
+from kadeploy_cli.client import Client, parse_address
+from kadeploy_core.errors import ConfigError
+from kadeployd.api import ApiServer
+from kadeployd.api.server import ApiStartError, warn_if_open
 
 __all__ = ["socket_dir", "stop_all_actors"]
 pytestmark = pytest.mark.usefixtures("stop_all_actors")
@@ -409,3 +421,122 @@ def test_a_range_too_large_is_a_clear_error_naming_it() -> None:
         assert machines in result.output
         assert expected in result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+# ------------------------------------------------------------------ TLS
+
+
+def self_signed(directory: Path, name: str = "server") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kadeployd test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def tcp_server(api: RunningApi, listen: str) -> ApiServer:
+    """A second API server of ``api``'s daemon, on the Unix socket ``tcp.sock`` and on
+    ``listen``, as kadeploy-server starts it (the fixtures serve the Unix socket only)."""
+    return ApiServer(api.server.app, api.socket.parent / "tcp.sock", listen)
+
+
+def test_tcp_listen_speaks_https_with_the_configured_certificate(
+    tmp_path: Path, socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path)
+    listen = f"127.0.0.1:{free_tcp_port()}"
+    settings = {"tcp_listen": listen, "tls_certificate": cert, "tls_key": key}
+    with limited_api(tmp_path, socket_dir, **settings) as api:
+        server = tcp_server(api, listen)
+        server.start()
+        try:
+            assert server.scheme == "https"
+            url = f"https://{listen}"
+            verified = ssl.create_default_context(cafile=cert)
+            auth = {"Authorization": f"Bearer {api.tokens['alice']}"}
+            with httpx.Client(base_url=url, verify=verified, headers=auth) as https:
+                assert https.get("/v1/whoami").json()["user"] == "alice"
+                assert https.get("/v1/health", headers={"Authorization": ""}).json() == {
+                    "status": "ok"
+                }
+            with pytest.raises(httpx.HTTPError), httpx.Client(base_url=url) as unverified:
+                unverified.get("/v1/health")  # the system's CAs do not know this certificate
+            with pytest.raises(httpx.HTTPError), httpx.Client(base_url=f"http://{listen}") as plain:
+                plain.get("/v1/health")
+            # The Unix socket stays plain HTTP.
+            unix = client_for(server.unix_socket, api.tokens["alice"])
+            with unix:
+                assert unix.get("/v1/whoami").json()["user"] == "alice"
+            # The command-line tools verify the server against $KADEPLOY_CA_FILE.
+            monkeypatch.setenv("KADEPLOY_CA_FILE", str(cert))
+            cli = Client(parse_address(url), api.tokens["bob"])
+            try:
+                assert cli.get("/v1/whoami")["user"] == "bob"
+            finally:
+                cli.close()
+        finally:
+            server.stop()
+
+
+def test_tls_settings_that_cannot_work_fail_the_start_with_a_clear_error(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    cert, key = self_signed(tmp_path)
+    other_cert, _ = self_signed(tmp_path, "other")
+    listen = f"127.0.0.1:{free_tcp_port()}"
+    only_cert = limited_api(tmp_path / "a", socket_dir, tcp_listen=listen, tls_certificate=cert)
+    with pytest.raises(ConfigError, match="tls_certificate is set but tls_key is not"), only_cert:
+        pass
+    for changed, expected in (
+        ({"tls_key": tmp_path / "missing.key"}, "daemon.api.tls_key: .* is not a readable file"),
+        ({"tls_key": key, "tls_certificate": other_cert}, "cannot load .*other.crt"),
+    ):
+        settings = {"tcp_listen": listen, "tls_certificate": cert, **changed}
+        with limited_api(tmp_path / str(len(expected)), socket_dir, **settings) as api:
+            server = tcp_server(api, listen)
+            with pytest.raises(ApiStartError, match=expected):
+                server.start()
+            assert not server.alive()
+
+
+def test_plain_http_on_a_non_loopback_address_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        warn_if_open("127.0.0.1:25300")
+        warn_if_open("[::1]:25300")
+        assert caplog.records == []
+        warn_if_open("192.0.2.10:25300")  # a documentation address: nothing is bound
+    (record,) = caplog.records
+    assert "tokens cross the network in clear" in record.getMessage()

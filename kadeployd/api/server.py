@@ -88,7 +88,7 @@ class ApiServer:
         settings = _settings(self.app)
         tls = _tls_context(settings) if self.tcp_listen is not None else None
         if self.tcp_listen is not None and tls is None:
-            _warn_if_open(self.tcp_listen)
+            warn_if_open(self.tcp_listen)
         unix = _bind_unix(self.unix_socket, settings.backlog)
         self._sockets.append(unix)
         self._servers.append(uvicorn.Server(_uvicorn_config(self.app, settings, None)))
@@ -205,7 +205,7 @@ def _tls_context(settings: ApiSettings) -> ssl.SSLContext | None:
     return context
 
 
-def _warn_if_open(listen: str) -> None:
+def warn_if_open(listen: str) -> None:
     """Tokens cross the network in clear text over plain HTTP on a non-loopback address."""
     host = listen.rpartition(":")[0].strip("[]")
     try:
