@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,9 @@ from kadeployd.environment.bootfiles import (
     publish_boot_files,
     read_boot_files,
     remove_boot_files,
+    sweep_boot_files,
 )
+from kadeployd.pxe.profiles import ChainPartition, NetworkKernel, profile_path, render_profile
 
 MIB = 1 << 20
 MAX_RSS_DELTA = 50 * MIB
@@ -214,3 +218,33 @@ def test_published_content_and_a_shared_kernel_initrd(tmp_path: Path) -> None:
 def test_a_bad_key_names_no_other_directory(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="boot files key"):
         remove_boot_files(tmp_path, "../etc")
+
+
+def test_boot_files_stay_while_a_profile_names_them(tmp_path: Path) -> None:
+    """A deployed node boots its environment's kernel from envs/<key>/: those files are swept
+    only once no profile names them (the node deployed again or reset)."""
+    description = bomb(tmp_path, 4 * MIB, MIB)
+    env = load_environment(description)
+    root = tmp_path / "tftp"
+    deployed = publish_boot_files(env, root, "bomb-1-deployed")
+    publish_boot_files(env, root, "bomb-1-aborted")
+    publish_boot_files(env, root, "bomb-1-running")
+    profile = root / profile_path("02:00:00:00:09:01")
+    profile.parent.mkdir(parents=True)
+    profile.write_text(render_profile(NetworkKernel(deployed.kernel, deployed.initrd, "quiet")))
+    assert sweep_boot_files(root, keep=["bomb-1-running"]) == []  # all younger than the grace
+    for key in ("bomb-1-deployed", "bomb-1-aborted", "bomb-1-running"):
+        age(root / "envs" / key)
+    assert sweep_boot_files(root, keep=["bomb-1-running"]) == ["bomb-1-aborted"]
+    assert sorted(p.name for p in (root / "envs").iterdir()) == [
+        "bomb-1-deployed",
+        "bomb-1-running",
+    ]
+    profile.write_text(render_profile(ChainPartition(0, 2)))  # the node was reset
+    assert sorted(sweep_boot_files(root)) == ["bomb-1-deployed", "bomb-1-running"]
+    assert leftovers(root) == []
+
+
+def age(path: Path, seconds: float = 3600) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))

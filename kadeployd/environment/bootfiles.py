@@ -13,8 +13,9 @@ root (:func:`publish_boot_files`, what the daemon uses: memory stays bounded wha
 image says) or into memory for small images (:func:`read_boot_files`). Sizes are bounded
 (:class:`BootFileLimits`, ``daemon.max_boot_file_mib`` and ``daemon.max_boot_files_mib``): a
 member whose tar header declares more is refused before a byte of it is read, and a file left
-half-written by any failure is removed. The published files of a deployment are removed by
-:func:`remove_boot_files` when it ends.
+half-written by any failure is removed. The published files of a deployment that deployed no
+node are removed by :func:`remove_boot_files` when it ends; those of one that did, which its
+nodes boot from, by :func:`sweep_boot_files` once no node's profile names them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import posixpath
 import re
 import shutil
 import tarfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol
@@ -36,6 +38,7 @@ from typing import IO, BinaryIO, Protocol
 from kadeploy_core.environment.description import EnvironmentDescription, ImageKind
 from kadeploy_core.errors import EnvironmentError_, ImageError, Problem
 from kadeployd.environment.image import CHUNK, open_image_stream
+from kadeployd.pxe.profiles import PROFILE_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,9 @@ KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initrd"
 _KEY_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _TEMP_SUFFIX = ".tmp"
+_MAX_PROFILE_READ = 64 * 1024
+UNREFERENCED_GRACE = 600.0
+"""Seconds boot files no profile names are kept by :func:`sweep_boot_files` after a change."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +251,57 @@ def remove_boot_files(tftp_root: Path, key: str) -> bool:
         raise ImageError(f"cannot remove {directory}: {exc.strerror or exc}") from None
     logger.info("removed the boot files %s/%s", ENVS_DIR, key)
     return True
+
+
+def sweep_boot_files(
+    tftp_root: Path, keep: Iterable[str] = (), grace: float = UNREFERENCED_GRACE
+) -> list[str]:
+    """Remove the boot files of ``envs/`` that no node's PXE profile names any more; the keys
+    removed.
+
+    A deployed node keeps booting its environment's kernel from ``envs/<key>/`` (its profile
+    is left as it is), so the files of a deployment that deployed nodes must outlive it, until
+    every one of those nodes was deployed again or reset. ``keep``: keys of deployments still
+    running (their profiles may not be written yet); a directory changed less than ``grace``
+    seconds ago is kept too.
+    """
+    envs = Path(tftp_root) / ENVS_DIR
+    referenced = set(keep) | _named_in_profiles(Path(tftp_root))
+    limit = time.time() - grace
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(envs))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if entry.name in referenced or not entry.is_dir(follow_symlinks=False):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.stat(follow_symlinks=False).st_mtime < limit:
+                shutil.rmtree(entry.path)
+                removed.append(entry.name)
+    if removed:
+        logger.info("removed the boot files no profile names any more: %s", sorted(removed))
+    return removed
+
+
+def _named_in_profiles(tftp_root: Path) -> set[str]:
+    """Keys of ``envs/<key>/`` that some profile of ``pxelinux.cfg/`` names."""
+    keys: set[str] = set()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(tftp_root / PROFILE_DIR):
+            if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                with open(entry.path, "rb") as handle:
+                    text = handle.read(_MAX_PROFILE_READ).decode("utf-8", "replace")
+            except OSError:
+                continue
+            for word in text.replace(",", " ").replace("=", " ").split():
+                parts = word.lstrip("/").split("/")
+                if len(parts) >= 2 and parts[0] == ENVS_DIR:
+                    keys.add(parts[1])
+    return keys
 
 
 def _extract(env: EnvironmentDescription, store: _Store, limits: BootFileLimits) -> dict[str, str]:
