@@ -105,6 +105,52 @@ def test_many_sent_writes_are_written_in_a_few_transactions(db: Path) -> None:
     assert after["pending"] == 0
 
 
+def test_a_batch_takes_a_few_statements_whatever_its_size(db: Path) -> None:
+    """sqlite3 lets go of the GIL around each statement, and each time the store's thread may
+    wait a switch interval to get it back while thousands of node actors run: a batch's rows
+    are written in a few multi-row statements, and read back exactly as sent."""
+    nodes = tuple(f"n-{i}" for i in range(1, 1001))
+    with Store.open(db) as store:
+        ident = store.create_deployment(user="alice", environment_name="e", nodes=nodes, at=T0)
+        writes: list[RecordState | AppendLog | FinishNode] = []
+        for i, node in enumerate(nodes):
+            at = T0 + 1 + i / 7  # fractions that need every digit of a double
+            writes.append(
+                RecordState(ident, node, "rebooting", "SetDeploymentEnv", "kexec", 1, at=at)
+            )
+            writes.append(AppendLog(ident, node, "info", f"{node} reboots", at=at))
+            writes.append(FinishNode(ident, node, "deployed", "ok", at=at + 1))
+        statements: list[str] = []
+        conn = store._conn
+        assert conn is not None
+        conn.set_trace_callback(statements.append)
+        result = store.write_batch(writes)
+        conn.set_trace_callback(None)
+        assert (result.applied, result.dropped) == (len(writes), 0)
+        # 3,000 writes: a node query, two id queries, and the rows (node records, history,
+        # logs) in chunks of 256 rows: far from one statement per row.
+        assert len(statements) <= 40, statements[:5]
+        node = store.node(ident, "n-8")
+        assert (node.state, node.macrostep, node.variant, node.attempt) == (
+            "deployed",
+            "SetDeploymentEnv",
+            "kexec",
+            1,
+        )
+        assert node.started_at == T0 + 1 + 7 / 7
+        assert node.finished_at == T0 + 1 + 7 / 7 + 1
+        history = [h for h in store.history(ident) if h.node == "n-8"]
+        assert [(h.state, h.at) for h in history] == [
+            ("pending", T0),
+            ("rebooting", T0 + 1 + 7 / 7),
+            ("deployed", T0 + 1 + 7 / 7 + 1),
+        ]
+        assert [e.seq for e in result.events if isinstance(e, NodeStateChanged)][:2] == [
+            h.seq for h in store.history(ident)[len(nodes) : len(nodes) + 2]
+        ]
+        assert [line.text for line in store.log(ident, "n-999")] == ["n-999 reboots"]
+
+
 def test_a_full_buffer_is_written_without_waiting_for_the_flush(db: Path) -> None:
     ref = StoreActor.start(path=db, batch_limit=10)
     store = cast(StoreProxy, ref.proxy())

@@ -13,9 +13,12 @@ record, raise :class:`~kadeployd.store.errors.StoreError` subclasses.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kadeploy_core.suggest import did_you_mean
 from kadeployd.events.types import (
@@ -25,7 +28,8 @@ from kadeployd.events.types import (
     NodeProgress,
     NodeStateChanged,
 )
-from kadeployd.store.errors import InvalidRecord, UnknownDeployment
+from kadeployd.store.errors import InvalidRecord, UnknownDeployment, UnknownNode
+from kadeployd.store.pending import NodeRecord, PendingRows
 from kadeployd.store.queries import _node_row, _status
 from kadeployd.store.records import (
     ERROR_TAIL_CHARS,
@@ -62,18 +66,21 @@ NOTHING = Applied(changed=False)
 
 
 class Lookups:
-    """What the writes of one transaction check again and again, read once.
+    """What the writes of one transaction check again and again, read once, and the rows
+    they add, written in a few statements by :meth:`flush`.
 
     A batch of 100,000 writes of one deployment would otherwise read the deployment's status
-    and each node's record before every write. The memo lives for one transaction (the
-    transaction holds the database's write lock, so nobody else changes these facts meanwhile)
-    and is kept up to date by the writes that change them.
+    and each node's record before every write, and write one row per statement (see
+    :mod:`kadeployd.store.pending` for why that matters). The memo lives for one transaction
+    (the transaction holds the database's write lock, so nobody else changes these facts
+    meanwhile) and is kept up to date by the writes that change them.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.pending = PendingRows(conn)
         self._status: dict[str, DeploymentStatus] = {}
-        self._final: dict[tuple[str, str], bool] = {}
+        self._nodes: dict[tuple[str, str], NodeRecord] = {}
 
     def status(self, deployment_id: str) -> DeploymentStatus:
         """The deployment's status; UnknownDeployment if there is none."""
@@ -82,46 +89,88 @@ class Lookups:
             status = self._status[deployment_id] = deployment_status(self.conn, deployment_id)
         return status
 
-    def node_final(self, deployment_id: str, node: str) -> bool:
-        """Whether the node is final; UnknownDeployment or UnknownNode if there is none."""
-        final = self._final.get((deployment_id, node))
-        if final is None:
+    def load(self, writes: Iterable[Write]) -> None:
+        """Read the records of the nodes ``writes`` touch, one query per deployment."""
+        wanted: dict[str, set[str]] = {}
+        for write in writes:
+            if not isinstance(write, FinishDeployment) and (
+                (write.deployment_id, write.node) not in self._nodes
+            ):
+                wanted.setdefault(write.deployment_id, set()).add(write.node)
+        for deployment_id, nodes in wanted.items():
+            row = self.conn.execute(_LOAD_NODES, (deployment_id, json.dumps(sorted(nodes))))
+            self.remember_all(deployment_id, json.loads(row.fetchone()[0]))
+
+    def node(self, deployment_id: str, node: str) -> NodeRecord:
+        """The node's record; UnknownDeployment or UnknownNode if there is none."""
+        record = self._nodes.get((deployment_id, node))
+        if record is None:
             self.status(deployment_id)
-            final = bool(_node_row(self.conn, deployment_id, node)["final"])
-            self._final[(deployment_id, node)] = final
-        return final
+            row = _node_row(self.conn, deployment_id, node)
+            fields = ("node", "state", "final", "macrostep", "variant", "attempt")
+            record = self._remember(deployment_id, [row[name] for name in fields])
+        return record
 
-    def node_open(self, deployment_id: str, node: str) -> bool:
-        """Whether the node may still change state: its deployment runs and it is not final."""
+    def node_open(self, deployment_id: str, node: str) -> NodeRecord | None:
+        """The node's record if it may still change state (its deployment runs and it is not
+        final), else None."""
+        record = self.node(deployment_id, node)
         running = self.status(deployment_id) == DeploymentStatus.RUNNING
-        return not self.node_final(deployment_id, node) and running
-
-    def finished_node(self, deployment_id: str, node: str) -> None:
-        """The node was just made final."""
-        self._final[(deployment_id, node)] = True
+        return record if running and not record.final else None
 
     def finished_deployment(self, deployment_id: str, status: DeploymentStatus) -> None:
         """The deployment just ended, and with it every node still working."""
         self._status[deployment_id] = status
-        self._final = {key: final for key, final in self._final.items() if key[0] != deployment_id}
+
+    def flush(self) -> None:
+        """Write the collected rows (before the commit, or before a statement that reads
+        them)."""
+        self.pending.flush()
+
+    def remember_all(self, deployment_id: str, rows: list[list[Any]]) -> list[NodeRecord]:
+        """The records of ``rows`` (node, state, final, macrostep, variant, attempt), kept
+        for the transaction; a record already kept wins (it may have unwritten changes)."""
+        return [
+            self._nodes.get((deployment_id, row[0])) or self._remember(deployment_id, row)
+            for row in rows
+        ]
+
+    def _remember(self, deployment_id: str, row: Sequence[Any]) -> NodeRecord:
+        node, state, final, macrostep, variant, attempt = row
+        record = NodeRecord(
+            deployment_id, node, state, bool(final), macrostep, variant, int(attempt)
+        )
+        self._nodes[(deployment_id, node)] = record
+        return record
+
+
+_LOAD_NODES = (
+    "SELECT json_group_array(json_array(node, state, final, macrostep, variant, attempt)) "
+    "FROM deployment_nodes WHERE deployment_id = ? AND node IN (SELECT value FROM json_each(?))"
+)
+"""One row whatever the node count: each row a query returns is one more GIL hand-over."""
 
 
 def apply_write(conn: sqlite3.Connection, write: Write, lookups: Lookups | None = None) -> Applied:
-    """Apply ``write`` in the transaction open on ``conn`` (with the transaction's
-    ``lookups``, if it has some)."""
+    """Apply ``write`` in the transaction open on ``conn``: with the transaction's
+    ``lookups``, whose collected rows the caller flushes; without, written at once."""
     memo = lookups or Lookups(conn)
     match write:
         case RecordState():
-            return record_state(memo, write)
+            applied = record_state(memo, write)
         case FinishNode():
-            return finish_node(memo, write)
+            applied = finish_node(memo, write)
         case AppendLog():
-            return append_log(memo, write)
+            applied = append_log(memo, write)
         case RecordProgress():
-            return record_progress(conn, write)
+            applied = record_progress(memo, write)
         case FinishDeployment():
-            return finish_deployment(memo, write)
-    raise InvalidRecord(f"not a write the store knows: {write!r}")
+            applied = finish_deployment(memo, write)
+        case _:
+            raise InvalidRecord(f"not a write the store knows: {write!r}")
+    if lookups is None:
+        memo.flush()
+    return applied
 
 
 def record_state(memo: Lookups, write: RecordState) -> Applied:
@@ -134,30 +183,17 @@ def record_state(memo: Lookups, write: RecordState) -> Applied:
         )
     if isinstance(attempt, bool) or attempt < 0:
         raise InvalidRecord(f"attempt must be an integer >= 0, not {attempt!r}")
-    deployment_id, node, now = write.deployment_id, write.node, float(write.at)
-    if not memo.node_open(deployment_id, node):
-        logger.debug("%s %s: late state %s ignored", deployment_id, node, state)
+    now = float(write.at)
+    record = memo.node_open(write.deployment_id, write.node)
+    if record is None:
+        logger.debug("%s %s: late state %s ignored", write.deployment_id, write.node, state)
         return NOTHING
-    conn = memo.conn
-    conn.execute(
-        "UPDATE deployment_nodes SET state = ?, macrostep = ?, variant = ?, "
-        "attempt = ?, step_started_at = ?, started_at = coalesce(started_at, ?) "
-        "WHERE deployment_id = ? AND node = ?",
-        (state, write.macrostep, write.variant, attempt, now, now, deployment_id, node),
-    )
-    event = append_history(
-        conn,
-        deployment_id=deployment_id,
-        node=node,
-        state=state,
-        macrostep=write.macrostep,
-        variant=write.variant,
-        attempt=attempt,
-        message=write.message,
-        now=now,
-        final=False,
-    )
-    return Applied(True, (event,))
+    record.state, record.macrostep, record.variant = state, write.macrostep, write.variant
+    record.attempt, record.step_started_at = attempt, now
+    if record.started_at is None:
+        record.started_at = now
+    memo.pending.changed(record)
+    return Applied(True, (append_history(memo.pending, record, write.message, now),))
 
 
 def finish_node(memo: Lookups, write: FinishNode) -> Applied:
@@ -169,14 +205,13 @@ def finish_node(memo: Lookups, write: FinishNode) -> Applied:
             f"{', '.join(sorted(FINAL_NODE_STATES))}"
             f"{did_you_mean(state, FINAL_NODE_STATES)}"
         )
-    if memo.node_final(deployment_id, node):
+    record = memo.node(deployment_id, node)
+    if record.final:
         logger.debug("%s %s: already final; %s ignored", deployment_id, node, state)
         return NOTHING
-    memo.finished_node(deployment_id, node)
     event = finish_node_row(
-        memo.conn,
-        deployment_id=deployment_id,
-        node=node,
+        memo.pending,
+        record,
         state=state,
         message=write.message,
         error_step=write.error_step,
@@ -189,18 +224,14 @@ def finish_node(memo: Lookups, write: FinishNode) -> Applied:
 def append_log(memo: Lookups, write: AppendLog) -> Applied:
     """Append one piece of a node's log."""
     kind = log_stream(write.stream)
-    memo.node_final(write.deployment_id, write.node)  # the node exists
+    memo.node(write.deployment_id, write.node)  # the node exists
     at = float(write.at)
-    cursor = memo.conn.execute(
-        "INSERT INTO node_logs (deployment_id, node, at, stream, text) VALUES (?, ?, ?, ?, ?)",
-        (write.deployment_id, write.node, at, kind.value, write.text),
-    )
-    seq = int(cursor.lastrowid or 0)
+    seq = memo.pending.log(write.deployment_id, write.node, at, kind.value, write.text)
     event = NodeLogged(write.deployment_id, seq, write.node, at, kind.value, write.text)
     return Applied(True, (event,), seq)
 
 
-def record_progress(conn: sqlite3.Connection, write: RecordProgress) -> Applied:
+def record_progress(memo: Lookups, write: RecordProgress) -> Applied:
     """Record how far a node's image transfer is; nothing once the node is final, its
     deployment ended, or for an unknown node (progress is advisory)."""
     done, total = int(write.bytes_done), int(write.bytes_total)
@@ -208,16 +239,15 @@ def record_progress(conn: sqlite3.Connection, write: RecordProgress) -> Applied:
         raise InvalidRecord(
             f"progress must be byte counts >= 0, not {write.bytes_done!r}/{write.bytes_total!r}"
         )
-    deployment_id, node = write.deployment_id, write.node
-    cursor = conn.execute(
-        "UPDATE deployment_nodes SET bytes_done = ?, bytes_total = ? "
-        "WHERE deployment_id = ? AND node = ? AND final = 0 AND EXISTS ("
-        "SELECT 1 FROM deployments WHERE id = ? AND status = 'running')",
-        (done, total, deployment_id, node, deployment_id),
-    )
-    if cursor.rowcount <= 0:
+    try:
+        record = memo.node_open(write.deployment_id, write.node)
+    except (UnknownDeployment, UnknownNode):
         return NOTHING
-    return Applied(True, (NodeProgress(deployment_id, node, done, total),))
+    if record is None:
+        return NOTHING
+    record.bytes_done, record.bytes_total = done, total
+    memo.pending.changed(record)
+    return Applied(True, (NodeProgress(write.deployment_id, write.node, done, total),))
 
 
 def finish_deployment(memo: Lookups, write: FinishDeployment) -> Applied:
@@ -229,8 +259,7 @@ def finish_deployment(memo: Lookups, write: FinishDeployment) -> Applied:
     if memo.status(deployment_id) != DeploymentStatus.RUNNING:
         logger.debug("deployment %s already finished; %s ignored", deployment_id, final)
         return NOTHING
-    memo.finished_deployment(deployment_id, final)
-    events = finish_deployment_rows(memo.conn, deployment_id, final, write.reason, float(write.at))
+    events = finish_deployment_rows(memo, deployment_id, final, write.reason, float(write.at))
     logger.info("deployment %s %s: %s", deployment_id, final, write.reason)
     return Applied(True, events)
 
@@ -259,100 +288,76 @@ def deployment_status(conn: sqlite3.Connection, deployment_id: str) -> Deploymen
 
 
 def append_history(
-    conn: sqlite3.Connection,
-    *,
-    deployment_id: str,
-    node: str,
-    state: str,
-    macrostep: str | None,
-    variant: str | None,
-    attempt: int,
-    message: str,
-    now: float,
-    final: bool,
+    pending: PendingRows, record: NodeRecord, message: str, now: float
 ) -> NodeStateChanged:
-    """Append a history entry; the event that tells it, with its seq."""
-    cursor = conn.execute(
-        "INSERT INTO state_history "
-        "(deployment_id, node, state, macrostep, variant, attempt, message, at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (deployment_id, node, state, macrostep, variant, attempt, message, now),
-    )
+    """Append the node's current state to its history; the event that tells it, with its
+    seq."""
+    seq = pending.history(record, message, now)
     return NodeStateChanged(
-        deployment_id=deployment_id,
-        seq=int(cursor.lastrowid or 0),
-        node=node,
-        state=state,
-        macrostep=macrostep,
-        variant=variant,
-        attempt=attempt,
+        deployment_id=record.deployment_id,
+        seq=seq,
+        node=record.node,
+        state=record.state,
+        macrostep=record.macrostep,
+        variant=record.variant,
+        attempt=record.attempt,
         message=message,
         at=now,
-        final=final,
+        final=record.final,
     )
 
 
 def finish_node_row(
-    conn: sqlite3.Connection,
+    pending: PendingRows,
+    record: NodeRecord,
     *,
-    deployment_id: str,
-    node: str,
     state: str,
     message: str,
     error_step: str | None,
     now: float,
 ) -> NodeStateChanged:
     """Make the node final and append its final state to its history."""
-    error = None if state in SUCCESS_NODE_STATES else message[-ERROR_TAIL_CHARS:]
-    row = conn.execute(
-        "UPDATE deployment_nodes SET state = ?, final = 1, finished_at = ?, "
-        "step_started_at = ?, error_step = ?, error_message = ? "
-        "WHERE deployment_id = ? AND node = ? RETURNING macrostep, variant, attempt",
-        (state, now, now, error_step, error, deployment_id, node),
-    ).fetchone()
-    return append_history(
-        conn,
-        deployment_id=deployment_id,
-        node=node,
-        state=state,
-        macrostep=row["macrostep"],
-        variant=row["variant"],
-        attempt=row["attempt"],
-        message=message,
-        now=now,
-        final=True,
-    )
+    record.state, record.final = state, True
+    record.finished_at = record.step_started_at = now
+    record.error_step = error_step
+    record.error_message = None if state in SUCCESS_NODE_STATES else message[-ERROR_TAIL_CHARS:]
+    pending.changed(record)
+    return append_history(pending, record, message, now)
 
 
 def finish_deployment_rows(
-    conn: sqlite3.Connection,
+    memo: Lookups,
     deployment_id: str,
     status: DeploymentStatus,
     reason: str,
     now: float,
 ) -> tuple[Event, ...]:
     """Abort the nodes not yet final, then give the deployment its final status."""
-    unfinished = conn.execute(
-        "SELECT node, state FROM deployment_nodes WHERE deployment_id = ? AND final = 0 "
-        "ORDER BY position",
-        (deployment_id,),
-    ).fetchall()
+    memo.flush()  # the nodes made final by this transaction are final in the table too
+    row = memo.conn.execute(_LOAD_UNFINISHED, (deployment_id,)).fetchone()
     events: list[Event] = [
         # error_step: where the node was when it was stopped.
         finish_node_row(
-            conn,
-            deployment_id=deployment_id,
-            node=row["node"],
+            memo.pending,
+            record,
             state="aborted",
             message=reason,
-            error_step=row["state"],
+            error_step=record.state,
             now=now,
         )
-        for row in unfinished
+        for record in memo.remember_all(deployment_id, json.loads(row[0]))
     ]
-    conn.execute(
+    memo.conn.execute(
         "UPDATE deployments SET status = ?, reason = ?, finished_at = ? WHERE id = ?",
         (status.value, reason, now, deployment_id),
     )
+    memo.finished_deployment(deployment_id, status)
     events.append(DeploymentEnded(deployment_id, status.value, reason, now))
     return tuple(events)
+
+
+_LOAD_UNFINISHED = (
+    "SELECT json_group_array(json_array(node, state, final, macrostep, variant, attempt)) "
+    "FROM (SELECT * FROM deployment_nodes WHERE deployment_id = ? AND final = 0 "
+    "ORDER BY position)"
+)

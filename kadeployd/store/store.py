@@ -36,6 +36,7 @@ from kadeployd.store.batch import BatchResult, WriteStats
 from kadeployd.store.catalogue import CatalogueWrites
 from kadeployd.store.connection import open_writer
 from kadeployd.store.errors import InvalidRecord, StoreError
+from kadeployd.store.pending import NodeRecord, PendingRows, write_rows
 from kadeployd.store.queries import StoreQueries, _node_names
 from kadeployd.store.records import PENDING, DeploymentStatus, LogStream
 from kadeployd.store.rights import RightsWrites
@@ -161,12 +162,14 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
                     "SELECT id FROM deployments WHERE status = 'running' ORDER BY created_at"
                 )
             ]
+            memo = Lookups(conn)
             for deployment_id in ids:
                 events.extend(
                     finish_deployment_rows(
-                        conn, deployment_id, DeploymentStatus.ABORTED, reason, now
+                        memo, deployment_id, DeploymentStatus.ABORTED, reason, now
                     )
                 )
+            memo.flush()
         self._after_commit(events)
         for deployment_id in ids:
             logger.warning("deployment %s aborted: %s", deployment_id, reason)
@@ -246,8 +249,10 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
         writes = [AppendLog(deployment_id, node, stream, text, now) for stream, text in lines]
         events: list[Event] = []
         with self._writing() as conn:
+            memo = Lookups(conn)
             for write in writes:
-                events.extend(apply_write(conn, write).events)
+                events.extend(apply_write(conn, write, memo).events)
+            memo.flush()
         self._stats.rows += len(writes)
         self._after_commit(events)
 
@@ -282,11 +287,15 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
         events: list[Event] = []
         with self._writing() as conn:
             lookups = Lookups(conn)
+            if not savepoints:
+                lookups.load(writes)
             for write in writes:
                 if savepoints:
                     conn.execute("SAVEPOINT batch_write")
                 try:
                     result = apply_write(conn, write, lookups)
+                    if savepoints:
+                        lookups.flush()
                 except (StoreError, sqlite3.Error, TypeError, ValueError) as exc:
                     if not savepoints:
                         raise _BadWrite from exc
@@ -303,6 +312,10 @@ class Store(StoreQueries, CatalogueWrites, RightsWrites):
                     events.extend(result.events)
                 else:
                     ignored += 1
+            try:
+                lookups.flush()
+            except sqlite3.Error as exc:
+                raise _BadWrite from exc
         return applied, ignored, dropped, events
 
     def stats(self) -> dict[str, int]:
@@ -385,26 +398,21 @@ def _insert_nodes(
         "SELECT coalesce(max(position), -1) + 1 FROM deployment_nodes WHERE deployment_id = ?",
         (deployment_id,),
     ).fetchone()[0]
-    conn.executemany(
+    write_rows(
+        conn,
         "INSERT INTO deployment_nodes (deployment_id, node, position, state, step_started_at) "
-        "VALUES (?, ?, ?, ?, ?)",
+        "VALUES {rows}",
+        5,
         [(deployment_id, name, start + i, PENDING, now) for i, name in enumerate(names)],
     )
+    pending = PendingRows(conn)
     events: list[Event] = [
         append_history(
-            conn,
-            deployment_id=deployment_id,
-            node=name,
-            state=PENDING,
-            macrostep=None,
-            variant=None,
-            attempt=0,
-            message="",
-            now=now,
-            final=False,
+            pending, NodeRecord(deployment_id, name, PENDING, False, None, None, 0), "", now
         )
         for name in names
     ]
+    pending.flush()
     conn.execute(
         "UPDATE deployments SET node_count = node_count + ? WHERE id = ?",
         (len(names), deployment_id),
