@@ -229,6 +229,42 @@ def test_a_user_over_the_request_limit_gets_429_and_others_go_on(
         assert alice.get("/v1/whoami").status_code == 200
 
 
+def _closed_by_server(conn: socket.socket, trickle: bytes) -> bool:
+    """Send ``trickle`` a byte at a time (a slow client's head) until the server closes the
+    connection; whether it did within WAIT."""
+    conn.settimeout(0.2)
+    for attempt in range(int(WAIT / 0.2)):
+        try:
+            if attempt < len(trickle):
+                conn.sendall(trickle[attempt : attempt + 1])
+            if conn.recv(1024) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def test_a_connection_that_sends_no_whole_head_in_time_is_closed(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    """Before, a silent connection, or one sending a header byte now and then, held one of
+    limit_concurrency's places for ever: a local user could fill them all."""
+    with limited_api(tmp_path, socket_dir, timeout_keep_alive=1) as api:
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with silent, slow:
+            silent.connect(str(api.socket))
+            slow.connect(str(api.socket))
+            head = b"GET /v1/health HTTP/1.1\r\nHost: kadeployd\r\n" + b"X-Slow: " + b"a" * 500
+            assert _closed_by_server(silent, b"")
+            assert _closed_by_server(slow, head)
+        # A connection kept alive between requests works as before.
+        client = api.client("alice")
+        assert [client.get("/v1/whoami").status_code for _ in range(3)] == [200, 200, 200]
+
+
 def _running_deployment(api: RunningApi, base: Path) -> str:
     root = api.client("root")
     assert root.post("/v1/rights", json={"user": "alice", "nodes": ["*"]}).status_code == 201

@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import h11
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -44,12 +45,51 @@ connection, as the kernel says (SO_PEERCRED); None on TCP."""
 _UCRED = struct.Struct("3i")
 
 
-class _PeerCredProtocol(H11Protocol):
-    """uvicorn's h11 protocol, telling each request who is at the other end of the socket."""
+class _GuardedProtocol(H11Protocol):
+    """uvicorn's h11 protocol, plus:
+
+    - each request knows who is at the other end of the Unix socket (:data:`PEER_UID`);
+    - a connection must send a whole request head within ``timeout_keep_alive`` seconds of
+      being opened or of its last answer, else it is closed. uvicorn alone times out only a
+      connection that sends nothing at all after an answer: one that sends nothing from the
+      start, or a header byte now and then, held a place of ``limit_concurrency`` for ever.
+    """
+
+    _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.app_state = {**self.app_state, PEER_UID: _peer_uid(transport)}
+        self._arm_head_timer()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # a head arrived (or the connection ended)
+            self._disarm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_overdue)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_overdue(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            logger.debug("closing a connection that sent no whole request head in time")
+            self.transport.close()
 
 
 def _peer_uid(transport: asyncio.Transport) -> int | None:
@@ -171,7 +211,7 @@ def _uvicorn_config(
         log_config=None,
         lifespan="off",
         ws="none",
-        http=_PeerCredProtocol,
+        http=_GuardedProtocol,
         timeout_graceful_shutdown=GRACEFUL_TIMEOUT,
         access_log=True,
         limit_concurrency=settings.limit_concurrency,

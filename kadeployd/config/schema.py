@@ -217,7 +217,7 @@ class ApiSettings(Frozen):
     backlog: Annotated[int, Field(ge=1, le=65535)] = 128
     """Connections waiting to be accepted, per listening socket."""
     timeout_keep_alive: Annotated[int, Field(ge=1, le=3600)] = 5
-    """Seconds an idle kept-alive connection stays open."""
+    """Seconds an idle connection stays open, and a client has to send a whole request head."""
     h11_max_incomplete_event_size: Annotated[int, Field(ge=4096, le=2**24)] = 64 * 1024
     """Largest request line plus headers, in bytes."""
     max_requests_per_user: Annotated[int, Field(ge=1, le=100_000)] = 32
