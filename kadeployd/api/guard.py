@@ -43,7 +43,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PUBLIC_PATHS = frozenset({"/v1/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+PUBLIC_PATHS = frozenset(
+    {"/v1/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+)
 """Paths served without a token (liveness and the API's own description)."""
 UPLOAD_PATH = "/v1/uploads"
 """Bodies here are files streamed to disk, bounded by ``daemon.max_upload_mib``."""
