@@ -264,6 +264,9 @@ class TftpLoop:
         except TftpTimeoutExpectACK:
             context.timeout_expectACK = True
             return
+        except OSError as err:  # sending failed (buffer full, network down): give up
+            self._end(client, f"socket error: {err}")
+            return
         except TftpException as err:
             # tftpy has answered most of its own refusals (not found, access violation).
             if not isinstance(context.last_pkt, TftpPacketERR):
