@@ -85,6 +85,31 @@ def test_dummy_deployment_deploys_every_node_and_records_history(
         daemon.stop()
 
 
+def test_a_deployment_that_deployed_no_node_leaves_no_boot_files(
+    tmp_path: Path, environment: Path
+) -> None:
+    failing = UNTRUSTED_REBOOT.format(command='["false"]', retries=0)
+    daemon = start(tmp_path, dict.fromkeys(range(1, 5), failing))
+    envs = tmp_path / "conf" / "state" / "tftp" / "envs"
+    try:
+        deployment_id = daemon.deploy(request(environment))
+        assert finished(daemon, deployment_id).status == "failed"
+        # Published for the deployment, removed at its end: no node boots them.
+        wait_until(lambda: not any(envs.glob("*/vmlinuz")) or None, 10, "boot files removed")
+    finally:
+        daemon.stop()
+    # A deployment that deployed nodes keeps its files: its nodes boot them.
+    daemon = Daemon.start(dummy_config(tmp_path / "ok"))
+    envs = tmp_path / "ok" / "state" / "tftp" / "envs"
+    try:
+        deployment_id = daemon.deploy(request(environment))
+        assert finished(daemon, deployment_id).status == "succeeded"
+        daemon.stop()  # the PXE actor handles what it was told before it stops
+        assert [p.parent.name[-8:] for p in envs.glob("*/vmlinuz")] == [deployment_id[:8]]
+    finally:
+        daemon.stop()
+
+
 def test_failing_reboot_is_retried_then_fails_only_that_node(
     tmp_path: Path, environment: Path
 ) -> None:

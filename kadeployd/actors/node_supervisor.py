@@ -425,6 +425,18 @@ class NodeSupervisor(SupervisedActor):
         if running is not None:
             running.outcome = outcome
             self._holds.release(outcome.deployment_id, running.nodes)
+        self._clean_boot_files(outcome)
+
+    def _clean_boot_files(self, outcome: DeploymentOutcome) -> None:
+        """The ended deployment's boot files go if no node boots them; others no profile
+        names go too (kadeployd/pxe/actor.py ``clean_boot_files``)."""
+        deployed_any = NodeState.DEPLOYED in outcome.nodes.values()
+        others = [d for d, r in self._running.items() if r.outcome is None]
+        directory.tell(
+            self._services,
+            directory.PXE,
+            lambda pxe: pxe.clean_boot_files(outcome.deployment_id, deployed_any, others),
+        )
 
     def _on_manager_exit(self, deployment_id: str, report: ExitReport) -> None:
         running = self._running.get(deployment_id)
@@ -464,7 +476,10 @@ class NodeSupervisor(SupervisedActor):
                 self._services, directory.STORE, FinishDeployment(deployment_id, verdict.value, why)
             )
             finished = {n: NodeState.DEPLOY_FAILED for n in unfinished}
+            if running.outcome is not None:
+                finished = {**running.outcome.nodes, **finished}
             self._outcomes[deployment_id] = DeploymentOutcome(deployment_id, verdict, why, finished)
+            self._clean_boot_files(self._outcomes[deployment_id])
         finally:
             self._holds.release(deployment_id, running.nodes)
         logger.info("deployment %s cleared: %s", deployment_id, reason)

@@ -12,7 +12,8 @@ so that its supervisor restarts it with a fresh server.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -20,9 +21,10 @@ from typing import Any
 
 import pykka
 
+from kadeployd.environment.bootfiles import sweep_boot_files
 from kadeployd.pxe import user_profiles
 from kadeployd.pxe.errors import PxeError
-from kadeployd.pxe.files import PxeFiles
+from kadeployd.pxe.files import ENVS_DIR, PxeFiles
 from kadeployd.pxe.profiles import BootTarget
 from kadeployd.pxe.tftp import ServedFile, TftpService
 from kadeployd.pxe.user_profiles import UserProfile
@@ -126,6 +128,28 @@ class PxeActor(SupervisedActor):
     def remove_boot_files(self, key: str) -> bool:
         """Remove ``envs/<key>/``; False if it did not exist."""
         return self._files.remove_boot_files(key)
+
+    def clean_boot_files(self, ended: str, deployed_any: bool, running: Collection[str]) -> None:
+        """A deployment ended: remove its boot files now if it deployed no node (nothing boots
+        them), and sweep those no profile names any more, keeping the running deployments'.
+
+        Boot file keys end with ``-`` and the first 8 characters of their deployment's id
+        (DeploymentManager._publish_boot_files)."""
+        if not deployed_any:
+            for key in self._keys_of([ended]):
+                try:
+                    self._files.remove_boot_files(key)
+                except PxeError as err:
+                    logger.warning("deployment %s: %s", ended, err)
+        sweep_boot_files(self._files.root, keep=self._keys_of(running))
+
+    def _keys_of(self, deployment_ids: Collection[str]) -> list[str]:
+        suffixes = tuple(f"-{ident[:8]}" for ident in deployment_ids)
+        try:
+            entries = os.listdir(self._files.root / ENVS_DIR)
+        except OSError:
+            return []
+        return [key for key in entries if suffixes and key.endswith(suffixes)]
 
     def port(self) -> int:
         """The UDP port the TFTP server listens on."""
