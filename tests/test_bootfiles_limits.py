@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
 import os
 import subprocess
 import sys
 import tarfile
 import textwrap
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -248,3 +250,76 @@ def test_boot_files_stay_while_a_profile_names_them(tmp_path: Path) -> None:
 def age(path: Path, seconds: float = 3600) -> None:
     then = time.time() - seconds
     os.utime(path, (then, then))
+
+
+def pax_bomb(directory: Path, header_bytes: int) -> Path:
+    """A ``.tar.zst`` whose first member is a pax extended header of ``header_bytes``
+    (tarfile reads such a header whole), then a kernel; returns its description."""
+    image = directory / "bomb.tar.zst"
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = header_bytes
+    kernel = tarfile.TarInfo("boot/vmlinuz")
+    kernel.size = 6
+    with (
+        image.open("wb") as raw,
+        zstandard.ZstdCompressor(level=1).stream_writer(raw, closefd=False) as compressed,
+    ):
+        compressed.write(header.tobuf(format=tarfile.USTAR_FORMAT))
+        zeros = Zeros(header_bytes + (-header_bytes % tarfile.BLOCKSIZE))
+        while chunk := zeros.read(MIB):
+            compressed.write(chunk)
+        compressed.write(kernel.tobuf(format=tarfile.USTAR_FORMAT) + b"KERNEL".ljust(512, b"\0"))
+        compressed.write(b"\0" * 1024)
+    (directory / "bomb.yaml").write_text(
+        "name: bomb\nversion: 1\nos: linux\n"
+        "image: {file: bomb.tar.zst, kind: tar, compression: zstd}\nboot: {kernel: /boot/vmlinuz}\n"
+    )
+    return directory / "bomb.yaml"
+
+
+def test_a_huge_extended_header_is_refused_with_bounded_memory(tmp_path: Path) -> None:
+    description = pax_bomb(tmp_path, 200 * MIB)
+    assert (tmp_path / "bomb.tar.zst").stat().st_size < 64 * 1024
+    root = tmp_path / "tftp"
+    result = publish_in_subprocess(description, root, BootFileLimits())
+    refused = str(result["refused"])
+    assert (
+        "not a valid tar archive" in refused and f"extended header of {200 * MIB} bytes" in refused
+    )
+    assert isinstance(result["delta"], int) and result["delta"] < MAX_RSS_DELTA, result
+    assert leftovers(root) == []
+
+
+def xz_declaring_a_huge_dictionary(data: bytes) -> bytes:
+    """``data`` as xz whose block header declares a 1 GiB LZMA2 dictionary (written with a
+    small one, then the property byte and the header's CRC32 changed: encoding with a real
+    1 GiB dictionary would cost the test a GiB)."""
+    xz = bytearray(lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32))
+    start = 12  # after the stream header
+    size = (xz[start] + 1) * 4
+    assert xz[start + 1] == 0 and xz[start + 2] == 0x21 and xz[start + 3] == 1  # one LZMA2 filter
+    xz[start + 4] = 36  # dictionary 2 << (36 // 2 + 11) = 1 GiB
+    crc = zlib.crc32(bytes(xz[start : start + size - 4]))
+    xz[start + size - 4 : start + size] = crc.to_bytes(4, "little")
+    return bytes(xz)
+
+
+def test_an_xz_image_declaring_a_huge_dictionary_is_refused(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("boot/vmlinuz")
+        info.size = 6
+        tar.addfile(info, io.BytesIO(b"KERNEL"))
+    (tmp_path / "img.tar.xz").write_bytes(xz_declaring_a_huge_dictionary(buffer.getvalue()))
+    (tmp_path / "env.yaml").write_text(
+        "name: e\nversion: 1\nos: linux\nimage: {file: img.tar.xz, kind: tar, compression: xz}\n"
+        "boot: {kernel: /boot/vmlinuz}\n"
+    )
+    env = load_environment(tmp_path / "env.yaml")
+    with pytest.raises(ImageError, match="larger than the 128 MiB kadeployd accepts"):
+        publish_boot_files(env, tmp_path / "tftp", "e-1")
+    assert leftovers(tmp_path / "tftp") == []
+    # The same image with its real (small) dictionary is read.
+    (tmp_path / "img.tar.xz").write_bytes(lzma.compress(buffer.getvalue(), format=lzma.FORMAT_XZ))
+    assert read_boot_files(env).kernel == b"KERNEL"

@@ -38,7 +38,6 @@ from typing import IO, BinaryIO, Protocol
 from kadeploy_core.environment.description import EnvironmentDescription, ImageKind
 from kadeploy_core.errors import EnvironmentError_, ImageError, Problem
 from kadeployd.environment.image import CHUNK, open_image_stream
-from kadeployd.pxe.profiles import PROFILE_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +47,9 @@ MAX_BOOT_FILES_BYTES = 768 << 20
 """Default bound on a kernel and its initrd together: 768 MiB (a distribution's kernel is
 about 10 MiB, its initrd 30 to 200 MiB)."""
 
+PROFILE_DIR = "pxelinux.cfg"
+"""Under the TFTP root: the nodes' profiles (as kadeployd/pxe/profiles.py; not imported from
+there: kadeployd.pxe imports this module)."""
 ENVS_DIR = "envs"
 """Under the TFTP root: one directory of boot files per deployment (as kadeployd/pxe/files.py)."""
 KERNEL_NAME = "vmlinuz"
@@ -540,13 +542,17 @@ class _BootFileReader:
                     member = tar.next()
                 except tarfile.TarError as exc:
                     raise self._broken(exc) from None
+                except RecursionError:  # a chain of extended headers without end
+                    raise self._broken(tarfile.HeaderError("too many extended headers")) from None
                 if member is None:
                     return
                 yield member, tar
 
     def _open_tar(self, stream: BinaryIO) -> tarfile.TarFile:
         try:
-            return tarfile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFFER)
+            return tarfile.open(
+                fileobj=stream, mode="r|", bufsize=_TAR_BUFFER, tarinfo=_BoundedTarInfo
+            )
         except tarfile.TarError as exc:
             raise self._broken(exc) from None
 
@@ -559,6 +565,32 @@ class _BootFileReader:
             f"image {str(self._path)!r}: {what} "
             f"(declared kind tar, compression {self._env.image.compression.value})"
         )
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A member header whose extended headers (pax, GNU long names), which ``tarfile`` reads
+    whole into memory, are refused past :data:`MAX_EXTENDED_HEADER_BYTES`."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED_TYPES and self.size > MAX_EXTENDED_HEADER_BYTES:
+            raise tarfile.HeaderError(
+                f"an extended header of {self.size} bytes (at most {MAX_EXTENDED_HEADER_BYTES})"
+            )
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
+
+
+MAX_EXTENDED_HEADER_BYTES = 1 << 20
+"""Largest pax or GNU long-name header read (real ones are a few hundred bytes)."""
+_EXTENDED_TYPES = frozenset(
+    {
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    }
+)
 
 
 def _try_resolve(catalogue: _Catalogue, wanted: dict[str, str]) -> dict[str, str]:

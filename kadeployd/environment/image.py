@@ -7,6 +7,7 @@ truncated or corrupt image gives one clear message and never a traceback.
 
 from __future__ import annotations
 
+import _compression
 import gzip
 import hashlib
 import io
@@ -30,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 """Read size for hashing and copying: 1 MiB."""
+MAX_WINDOW_BYTES = 1 << 27
+"""Largest history a decompressor may keep (zstd window, xz dictionary): 128 MiB, zstd's own
+default bound, and twice what ``xz -9`` uses. An image needing more is refused as corrupt
+rather than growing the daemon by what its header declares."""
 
 _MAGIC: tuple[tuple[bytes, Compression], ...] = (
     (b"\x1f\x8b", Compression.GZIP),
@@ -94,10 +99,10 @@ def open_image_stream(path: Path, compression: Compression) -> BinaryIO:
         if compression is Compression.GZIP:
             inner = gzip.GzipFile(fileobj=raw, mode="rb")
         elif compression is Compression.XZ:
-            inner = lzma.LZMAFile(raw, mode="rb")  # noqa: SIM115 - closed by the returned stream
+            inner = _xz_reader(raw)
         elif compression is Compression.ZSTD:
             # The tap raises at a cut frame, which the stream reader would end silently.
-            inner = zstandard.ZstdDecompressor().stream_reader(
+            inner = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES).stream_reader(
                 cast(BinaryIO, FrameTap(raw)),
                 read_size=CHUNK,
                 read_across_frames=True,
@@ -109,6 +114,20 @@ def open_image_stream(path: Path, compression: Compression) -> BinaryIO:
         raw.close()
         raise _translate(path, compression, exc) from None
     return cast(BinaryIO, _DecompressedStream(path, compression, raw, inner))
+
+
+def _xz_reader(raw: BinaryIO) -> _Reader:
+    """``raw`` decompressed as xz with the decoder's memory bounded by
+    :data:`MAX_WINDOW_BYTES` (``lzma.LZMAFile`` has no memory limit: an image whose header
+    declares a 1 GiB dictionary made the daemon's RSS grow by as much while reading it)."""
+    reader = _compression.DecompressReader(
+        raw,
+        lzma.LZMADecompressor,
+        trailing_error=lzma.LZMAError,
+        format=lzma.FORMAT_XZ,
+        memlimit=MAX_WINDOW_BYTES + (16 << 20),  # the dictionary plus the decoder's own
+    )
+    return cast(_Reader, io.BufferedReader(reader, CHUNK))
 
 
 class _DecompressedStream(io.RawIOBase):
@@ -153,6 +172,12 @@ def _translate(path: Path, compression: Compression, exc: BaseException) -> Imag
     """An :class:`ImageError` saying what is wrong with ``path`` in words."""
     if isinstance(exc, EOFError):
         what = f"truncated: the compressed data ends too early ({exc})"
+    elif "memory" in str(exc).lower():  # xz: "Memory usage limit"; zstd: "too much memory"
+        what = (
+            f"its {compression.value} data needs a history (window, dictionary) larger than the "
+            f"{MAX_WINDOW_BYTES >> 20} MiB kadeployd accepts ({exc}); recompress it with a "
+            "smaller one"
+        )
     elif isinstance(exc, OSError) and exc.strerror:
         what = f"cannot read: {exc.strerror}"
     else:
