@@ -12,6 +12,7 @@ import pytest
 from api_fixtures import api_config, short_dir, start_api
 from click.testing import CliRunner
 
+from kadeployd.reboot.redact import is_secret_name
 from kadeployd.server_cli import main
 
 PASSWORD = "pw-Zq81-very-secret"
@@ -62,3 +63,11 @@ def test_check_config_shows_secret_vars_masked(tmp_path: Path) -> None:
     assert "vars.ipmi_user" in shown.output and '"admin"' in shown.output
     assert PASSWORD not in shown.output
     assert f'"{WORD}"' not in shown.output.split("vars.bmc_word")[1].splitlines()[0]
+
+
+def test_secret_names() -> None:
+    assert is_secret_name("ipmi_password") and is_secret_name("BMC_PASSWD")
+    assert is_secret_name("api_token") and is_secret_name("api_key")
+    assert is_secret_name("plain", configured=["plain"])
+    assert not is_secret_name("ipmi_password_file")  # a path, shown
+    assert not is_secret_name("ssh_key") and not is_secret_name("ipmi_user")

@@ -8,7 +8,8 @@ and any text coming back from the command (its stderr, quoted in error messages)
 secret values replaced.
 
 A variable is secret when its name looks secret (contains password, passwd, pass, secret,
-token or key, in any case) or when it is listed in the node's ``power.secret_vars``.
+token or key, in any case, but does not end in ``_file`` or ``_path``: the path of a password
+file is shown) or when it is listed in the node's ``power.secret_vars``.
 """
 
 from __future__ import annotations
@@ -22,11 +23,19 @@ from kadeployd.config.templates import CommandTemplate
 MASK = "***"
 SECRET_NAME = re.compile(r"pass|secret|token|key", re.IGNORECASE)
 """Variable names whose values are masked (``ipmi_password``, ``bmc_passwd``, ``api_key``)."""
+PATH_NAME = re.compile(r"_(file|path)$")
+"""...unless they name a file holding the secret (``ipmi_password_file``): a path is shown."""
+PATHS = frozenset({"ssh_key"})
+"""Built-in fields that are paths (the SSH identity file), shown as they are."""
 
 
 def is_secret_name(name: str, configured: Iterable[str] = ()) -> bool:
     """True when the variable ``name`` holds a secret."""
-    return name in set(configured) or SECRET_NAME.search(name) is not None
+    if name in set(configured):
+        return True
+    if name in PATHS or PATH_NAME.search(name):
+        return False
+    return SECRET_NAME.search(name) is not None
 
 
 def secret_values(values: Mapping[str, str], configured: Iterable[str] = ()) -> tuple[str, ...]:
