@@ -10,6 +10,8 @@ the log, the pidfile and the users' uploads. At start the daemon
   socket lives in the state dir (the default, ``<state_dir>/kadeployd.sock``), the dir is
   0711, so that users can reach the socket by its name (every request needs a token) while
   still listing and reading nothing;
+- creates the API socket's directory 0755 if it is elsewhere and missing (the umask would
+  make it 0700, and users could not reach the socket);
 - raises its open-files soft limit to the hard limit: each API connection and each TFTP
   session is a file descriptor, and the usual soft limit (1024) would otherwise be reached by
   a few hundred idle clients.
@@ -77,6 +79,22 @@ def secure_state_dir(state_dir: Path, unix_socket: Path) -> None:
                 _chmod(path, PRIVATE_DIR)
             elif entry.is_file(follow_symlinks=False):
                 _chmod(path, PRIVATE_FILE)
+
+
+SHARED_DIR = 0o755
+
+
+def prepare_socket_dir(state_dir: Path, unix_socket: Path) -> None:
+    """Create the API socket's directory, if it is not the state dir and does not exist yet,
+    reachable by every user (0755, whatever the umask): users connect to the socket, each
+    request needs a token. An existing directory is the administrator's: left as it is."""
+    parent = Path(os.path.abspath(unix_socket.parent))
+    if parent == Path(os.path.abspath(state_dir)) or parent.exists():
+        return
+    missing = [parent, *[p for p in parent.parents if not p.exists()]]
+    parent.mkdir(parents=True)
+    for directory in missing:
+        os.chmod(directory, SHARED_DIR)
 
 
 def _chmod(path: Path, mode: int) -> None:

@@ -51,6 +51,7 @@ from kadeployd.daemon import Daemon
 from kadeployd.privileges import (
     PRIVATE_DIR,
     PRIVATE_FILE,
+    prepare_socket_dir,
     raise_open_files_limit,
     restrict_umask,
     secure_state_dir,
@@ -245,6 +246,7 @@ def run_foreground(conf_dir: Path, config: Config, echo: Callable[[str], None]) 
     raise_open_files_limit()
     try:
         secure_state_dir(config.daemon.state_dir, config.daemon.unix_socket)
+        prepare_socket_dir(config.daemon.state_dir, config.daemon.unix_socket)
     except OSError as exc:
         echo(f"kadeploy-server: cannot prepare the state dir {config.daemon.state_dir}: {exc}")
         return 1

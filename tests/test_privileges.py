@@ -19,7 +19,7 @@ import pytest
 from api_fixtures import api_config, socket_dir
 from test_server_cli import SERVER, server
 
-from kadeployd.privileges import secure_state_dir
+from kadeployd.privileges import prepare_socket_dir, secure_state_dir
 from kadeployd.process import running_pid
 from kadeployd.store import database_path
 
@@ -117,6 +117,16 @@ def test_a_state_dir_holding_the_api_socket_is_traversable_only(tmp_path: Path) 
     assert mode(state / "tokens.json") == 0o600
     secure_state_dir(state, tmp_path / "elsewhere.sock")
     assert mode(state) == 0o700
+
+
+def test_a_new_socket_directory_elsewhere_is_reachable(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        socket_path = tmp_path / "run" / "kadeployd" / "api.sock"
+        prepare_socket_dir(tmp_path / "state", socket_path)
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "run") == mode(socket_path.parent) == 0o755
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
