@@ -133,6 +133,7 @@ class DeploymentManager(SupervisedActor):
         self._chain: pykka.ActorRef[Any] | None = None
         self._gather_timer: TimerHandle | None = None
         self._round_started = 0.0
+        self._started = time.monotonic()
 
     # ------------------------------------------------------------ message API
 
@@ -286,7 +287,7 @@ class DeploymentManager(SupervisedActor):
             return  # (no node waits for a round: nothing to look at, whatever the node count)
         if self._gather_timer is None:
             self._gather_timer = self._workers.timers.call_later(
-                self._config.daemon.chain_gather_window, lambda: self._tell_self(_GatherOver())
+                self._gather_window(), lambda: self._tell_self(_GatherOver())
             )
         hops = self._rounds.start_if_complete(self._tally.unfinished, window_over=window_over)
         if hops:
@@ -301,6 +302,13 @@ class DeploymentManager(SupervisedActor):
                 self._job.image, hops, self._rounds.running_secret, self.actor_ref.proxy()
             )
             self._reports.children(self._job.deployment_id, (self._chain,))
+
+    def _gather_window(self) -> float:
+        """How long the round now forming waits for the nodes not ready yet: the share of the
+        time its first node took to get ready, at most the configured window."""
+        settings = self._config.daemon
+        took = time.monotonic() - self._started
+        return min(settings.chain_gather_window, settings.chain_gather_share * took)
 
     def _round_summary(self, result: ChainResult | None, error: str | None) -> str:
         seconds = time.monotonic() - self._round_started

@@ -280,8 +280,13 @@ class DaemonSettings(Frozen):
     direct_transfer_window: Annotated[int, Field(ge=1)] = 4
     """Nodes one deployment streams its image to at once with the ``direct`` broadcast."""
     chain_gather_window: Annotated[float, Field(gt=0)] = 30
-    """Seconds nodes ready for a ``chain`` broadcast wait for the others still setting up
-    their deploy env; nodes arriving later go in a later, smaller chain."""
+    """Seconds nodes ready for a ``chain`` broadcast wait at most for the others still setting
+    up their deploy env; nodes arriving later go in a later, smaller chain."""
+    chain_gather_share: Annotated[float, Field(ge=0)] = 1.0
+    """Within that bound, the ready nodes wait for the others at most this multiple of the
+    time the first of them took to get ready (from the deployment's start): a node that
+    boots in twice the time of its peers (1.0) still joins them, one stuck in its firmware
+    holds nobody for the whole window. 0: only the nodes ready together."""
     workers: WorkerSettings = WorkerSettings()
     almighty_users: tuple[str, ...] = ("root",)
     max_upload_mib: Annotated[int, Field(ge=1)] = 4096

@@ -122,6 +122,32 @@ def test_min_nodes_reached_does_not_wait_for_the_failing_node(
     assert straggler.attempt == 1  # it did not go through its retries
 
 
+def test_ready_nodes_do_not_wait_the_whole_gather_window_for_a_node_that_never_boots(
+    bed: Any,
+    nodes: tuple[str, ...],
+    images: dict[str, Path],
+    user_key: Path,
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """The silent node neither failed (its attempt may last 300 s) nor comes: the others wait
+    for it as long as the first of them took to get ready, not the 600-s window."""
+    bed.fault(nodes[3], "noboot")
+
+    def edit(deploy_conf: dict[str, Any], cluster: dict[str, Any]) -> None:
+        variants(set_env=[variant("untrusted", retries=5, timeout=300)])(deploy_conf, cluster)
+        deploy_conf["daemon"]["chain_gather_window"] = 600
+
+    daemon = start_daemon(edit)
+    view = deploy(daemon, images["tar"], nodes, user_key, min_nodes=3)
+    assert view.status == "succeeded"
+    gathered = [
+        line.text
+        for line in daemon.reader().log(view.id, nodes[0])
+        if line.text.startswith("chain round started")
+    ]
+    assert gathered and nodes[3] not in gathered[0]
+
+
 def test_min_nodes_out_of_reach_fails_early_and_says_why(
     bed: Any,
     nodes: tuple[str, ...],
