@@ -231,7 +231,12 @@ class Daemon:
         The files (kernels: up to the upload limit) are copied here, in the caller's thread,
         so the PxeActor that every deployment asks is never held by a copy; they go to
         ``users/<user>/``, where the actor never writes. The profiles go through the actor."""
-        user_profiles.publish_files(self.config.daemon.tftp_root, profile.user, files)
+        user_profiles.publish_files(
+            self.config.daemon.tftp_root,
+            profile.user,
+            files,
+            self.config.daemon.max_set_pxe_files_mib << 20,
+        )
         macs = [n.mac for n in nodes]
         paths: list[str] = directory.call(
             self._tree, PXE, lambda pxe: pxe.set_user_profile(macs, profile)

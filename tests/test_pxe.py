@@ -437,9 +437,8 @@ def test_actor_serves_profiles_and_boot_files(tmp_path: Path) -> None:
     root = tmp_path / "tftp"  # created by the actor
     pxe = PxeActor.start(root=root, listen=LOCAL, port=0).proxy()
     port = pxe.port().get(timeout=10)
-    kernel_path, initrd_path = pxe.publish_boot_files("deb-1", b"\x7fELF" * 1000, None).get(
-        timeout=10
-    )
+    # Deployments write their boot files to the root themselves (environment/bootfiles.py).
+    kernel_path, initrd_path = PxeFiles(root).publish_boot_files("deb-1", b"\x7fELF" * 1000, None)
     assert (kernel_path, initrd_path) == ("envs/deb-1/vmlinuz", None)
     assert (
         pxe.set_profile(MAC, NetworkKernel(kernel_path, None, "quiet")).get(timeout=10) == MAC_FILE

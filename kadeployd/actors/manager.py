@@ -29,7 +29,8 @@ from kadeployd.actors.directory import Directory
 from kadeployd.actors.node import AbortNode, NodeActor, StartNode
 from kadeployd.chain import ChainResult, Hop
 from kadeployd.config import Config
-from kadeployd.environment import ImageKind, read_boot_files
+from kadeployd.environment import ImageKind
+from kadeployd.environment.bootfiles import BootFileLimits, publish_boot_files
 from kadeployd.runtime import TimerHandle, Workers
 from kadeployd.store.records import LogStream
 from kadeployd.store.writes import AppendLog, FinishDeployment, FinishNode
@@ -243,15 +244,14 @@ class DeploymentManager(SupervisedActor):
             raise KadeployError(f"image {environment.image.file} not found")
         if environment.image.kind != ImageKind.TAR:
             return None  # a dd image boots from its partition (chain.c32)
-        files = read_boot_files(environment)
+        # Streamed from the image to the TFTP root within the configured bounds: a kernel
+        # of a compressed image is never whole in memory (PxeActor.clean_boot_files finds
+        # the files by the deployment id that ends the key).
         key = f"{environment.name}-{environment.version}-{self._job.deployment_id[:8]}"
-        kernel, initrd = directory.call(
-            self._services,
-            directory.PXE,
-            lambda pxe: pxe.publish_boot_files(key, files.kernel, files.initrd),
-            timeout=60.0,
-        )
-        return BootFilesRef(kernel, initrd)
+        settings = self._config.daemon
+        limits = BootFileLimits.from_mib(settings.max_boot_file_mib, settings.max_boot_files_mib)
+        published = publish_boot_files(environment, settings.tftp_root, key, limits)
+        return BootFilesRef(published.kernel, published.initrd)
 
     def _prepared(self, prepared: _Prepared) -> None:
         if self._decided is not None:  # cancelled before the nodes started

@@ -119,12 +119,6 @@ class PxeActor(SupervisedActor):
         """MACs (``aa:bb:...``) of the nodes that have a profile."""
         return self._files.profiles()
 
-    def publish_boot_files(
-        self, key: str, kernel: bytes, initrd: bytes | None
-    ) -> tuple[str, str | None]:
-        """Write kernel/initrd under ``envs/<key>/`` (atomic); returns their TFTP paths."""
-        return self._files.publish_boot_files(key, kernel, initrd)
-
     def remove_boot_files(self, key: str) -> bool:
         """Remove ``envs/<key>/``; False if it did not exist."""
         return self._files.remove_boot_files(key)
