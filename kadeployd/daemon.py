@@ -118,9 +118,8 @@ class Daemon:
             logger.warning("deployments left running by a previous daemon: %s", interrupted)
         tree = _Tree()
         events = EventHub()
-        workers = Workers.create(
-            ssh=daemon_settings.workers.ssh, files=daemon_settings.workers.files
-        )
+        sizes = daemon_settings.workers
+        workers = Workers.create(ssh=sizes.ssh, files=sizes.files, node_turns=sizes.node_turns)
 
         def current_config() -> Config:
             snapshot: Config = directory.call(tree, CONFIG, lambda c: c.snapshot())

@@ -277,10 +277,11 @@ class DeploymentManager(SupervisedActor):
                     transfer_slots=self._slots,
                 )
                 self._nodes[name] = ref
+                # At once: the first nodes work while the next threads start. Whatever they
+                # report waits in this actor's mailbox until the loop is over.
+                ref.tell(StartNode())
         finally:  # even if a start fails: the supervisor must know whom to stop
             self._reports.children(self._job.deployment_id, tuple(self._nodes.values()))
-        for ref in self._nodes.values():
-            ref.tell(StartNode())
 
     def _maybe_start_round(self, window_over: bool = False) -> None:
         if self._chain is not None or self._decided is not None or not self._rounds.forming:

@@ -194,11 +194,13 @@ class NodeActor(pykka.ThreadingActor):
         self._thread_id = threading.get_ident()
 
     def on_receive(self, message: Any) -> Any:
-        """Orders from the manager; results, wakes and timeouts of the node's own work."""
-        try:
-            self._handle(message)
-        finally:
-            self._send_outbox()
+        """Orders from the manager; results, wakes and timeouts of the node's own work,
+        handled in one of the daemon's node turns (kadeployd/runtime: ``node_turns``)."""
+        with self._workers.node_turns:
+            try:
+                self._handle(message)
+            finally:
+                self._send_outbox()
 
     def _handle(self, message: object) -> None:
         match message:
