@@ -80,3 +80,25 @@ def test_a_failed_broadcast_fails_every_node_of_the_round() -> None:
     rounds.finish(None, "image unreadable")
     assert replies == dict.fromkeys(NODES, "image unreadable")
     assert rounds.served == set()
+
+
+def test_no_round_starts_while_a_relay_is_starting_with_its_secret() -> None:
+    """A round that started without a node whose relay holds the forming secret would leave
+    that relay with the secret of a round gone by: its handshakes would all fail."""
+    rounds = ChainRounds(NODES)
+    rounds.ready("a", hop("a"), lambda verdict: None)
+    secret = rounds.secret_for("b")
+    assert rounds.start_if_complete(NODES, window_over=True) == []  # b starts its relay
+    rounds.ready("b", hop("b"), lambda verdict: None)
+    assert rounds.start_if_complete(NODES, window_over=True) == [hop("a"), hop("b")]
+    assert rounds.running_secret == secret
+
+
+def test_a_relay_that_never_starts_stops_holding_the_round() -> None:
+    rounds = ChainRounds(NODES)
+    rounds.ready("a", hop("a"), lambda verdict: None)
+    rounds.secret_for("b")
+    rounds.secret_for("c")
+    rounds.attempt_failed("b")  # its relay command failed
+    rounds.leave("c")  # its attempt timed out
+    assert rounds.start_if_complete(NODES, window_over=True) == [hop("a")]

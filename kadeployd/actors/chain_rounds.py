@@ -7,7 +7,9 @@ so that a node stuck rebooting does not hold the others (it joins a later round,
 that a round failed and that retry through the normal retry rules). A node that already
 failed an attempt (a reboot that did not bring it back, a step that failed) is *late*: it is
 not waited for at all, it joins a later round when it gets there. One round runs at a time;
-each has a fresh secret. Pure bookkeeping, driven by the DeploymentManager's thread.
+each has a fresh secret, so a round never starts while a node that took the forming round's
+secret is still starting its relay: that relay would hold the secret of a round that left
+without it. Pure bookkeeping, driven by the DeploymentManager's thread.
 """
 
 from __future__ import annotations
@@ -37,11 +39,19 @@ class ChainRounds:
     """Nodes that failed an attempt: never waited for."""
     ready_since: dict[str, float] = field(default_factory=dict)
     """When each ready node reported its relay listening (to report its wait)."""
+    setting_up: set[str] = field(default_factory=set)
+    """Nodes that took the forming round's secret and are starting their relay."""
     _ready: dict[str, tuple[Hop, Reply]] = field(default_factory=dict)
     _running: dict[str, tuple[Hop, Reply]] = field(default_factory=dict)
 
+    def secret_for(self, node: str) -> bytes:
+        """The forming round's secret, for ``node``'s relay: the round waits for it now."""
+        self.setting_up.add(node)
+        return self.secret
+
     def ready(self, node: str, hop: Hop, reply: Reply) -> None:
         """``node``'s relay listens at ``hop`` (again, if a later step failed and it retries)."""
+        self.setting_up.discard(node)
         self.served.discard(node)
         self._ready[node] = (hop, reply)
         self.ready_since[node] = time.monotonic()
@@ -49,10 +59,12 @@ class ChainRounds:
     def leave(self, node: str) -> None:
         """``node`` no longer waits for a round."""
         self._ready.pop(node, None)
+        self.setting_up.discard(node)
 
     def attempt_failed(self, node: str) -> None:
         """``node`` failed an attempt: the rounds no longer wait for it."""
         self.late.add(node)
+        self.setting_up.discard(node)
 
     @property
     def running_nodes(self) -> list[str]:
@@ -66,8 +78,8 @@ class ChainRounds:
 
     def start_if_complete(self, unfinished: Sequence[str], *, window_over: bool) -> list[Hop]:
         """The hops of a new round if every node in play is ready, or the gather window of
-        the forming round is over; else []."""
-        if self._running or not self._ready:
+        the forming round is over (and no relay is starting with its secret); else []."""
+        if self._running or not self._ready or self.setting_up:
             return []
         waiting = [
             n

@@ -161,9 +161,10 @@ class DeploymentManager(SupervisedActor):
         self._abort_all(reason)
         self._maybe_end()
 
-    def chain_secret(self) -> bytes:
-        """The secret of the chain round now forming (asked by a node before its relay starts)."""
-        return self._rounds.secret
+    def chain_secret(self, node: str) -> bytes:
+        """The secret of the chain round now forming (asked by a node before its relay starts:
+        the round now waits for that relay)."""
+        return self._rounds.secret_for(node)
 
     def chain_ready(self, node: str, hop: Hop, reply: Callable[[str | None], None]) -> None:
         """A node's relay listens at ``hop``; ``reply(None | why it failed)`` after the round."""

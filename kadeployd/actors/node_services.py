@@ -64,6 +64,11 @@ class NodeServicesImpl:
         self._manager = manager
         self._verdict: tuple[threading.Event, list[str | None]] | None = None
         self._target = SshTarget.from_node(node)
+        self._deploy_env_target = self._target.pinned(node.settings.boot.deploy_host_keys())
+        """The deploy env's: only its pinned host keys, if the configuration has some."""
+        self._in_deploy_env = False
+        """Whether the node runs the deploy env, as far as the workflow knows: set when a step
+        saw it (:meth:`deploy_env_reached`), cleared when the node reboots (:meth:`reset_shell`)."""
         self._connection: SshConnection | None = None
         self._lock = threading.Lock()
         self._progress_at = float("-inf")
@@ -105,10 +110,29 @@ class NodeServicesImpl:
             wake=wake,
         )
 
-    def probe(self) -> ProbeView:
-        """Log in and read /proc/cmdline."""
-        seen = probe(self._target, timeout=self._node.settings.ssh.connect_timeout)
-        return ProbeView(seen.reachable, seen.cmdline or "", seen.error or "", seen.boot_id or "")
+    def probe(self, deploy_env: bool = False) -> ProbeView:
+        """Log in and read /proc/cmdline; ``deploy_env``: only if the node offers the deploy
+        env's pinned host key (else nothing is sent, and ``refused_key`` says what it offered)."""
+        target = self._deploy_env_target if deploy_env else self._target
+        seen = probe(target, timeout=self._node.settings.ssh.connect_timeout)
+        return ProbeView(
+            seen.reachable,
+            seen.cmdline or "",
+            seen.error or "",
+            seen.boot_id or "",
+            seen.refused_host_key or "",
+        )
+
+    def deploy_env_reached(self) -> None:
+        """The node runs the deploy env from now until it reboots: the shell's connections
+        accept only the deploy env's pinned host keys (``boot.deploy_host_key_file``)."""
+        with self._lock:
+            if self._in_deploy_env:
+                return
+            self._in_deploy_env = True
+            connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
 
     def host_key(self) -> str | None:
         """The host key the node's SSH server offers now."""
@@ -116,22 +140,25 @@ class NodeServicesImpl:
         return fetch_host_key(self._node.address, ssh.port, ssh.connect_timeout)
 
     def shell(self) -> SshConnection:
-        """The reused SSH connection to the node's current env."""
+        """The reused SSH connection to the node's current env (pinned to the deploy env's
+        host keys while the node runs it)."""
         with self._lock:
             if self._connection is None:
-                self._connection = SshConnection(self._target)
+                target = self._deploy_env_target if self._in_deploy_env else self._target
+                self._connection = SshConnection(target)
             return self._connection
 
     def reset_shell(self) -> None:
         """Forget the connection: the node is about to reboot into another env."""
         with self._lock:
+            self._in_deploy_env = False
             connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
 
     def chain_secret(self) -> bytes:
         """The forming round's secret, from the deployment's manager."""
-        secret: bytes = self._manager.chain_secret().get(timeout=MANAGER_TIMEOUT)
+        secret: bytes = self._manager.chain_secret(self._node.name).get(timeout=MANAGER_TIMEOUT)
         return secret
 
     def chain_join(self, port: int) -> None:
