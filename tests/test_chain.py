@@ -43,6 +43,8 @@ from kadeployd.chain import (
 )
 from kadeployd.chain.command import RELAY_PATH
 from kadeployd.chain.relay import MAGIC, NONCE_SIZE
+from kadeployd.environment import Compression
+from kadeployd.environment.image import checks_itself
 
 __all__ = ["relays"]
 
@@ -459,3 +461,44 @@ def test_relay_reports_an_unflushable_path_and_still_delivers(
     assert relay.wait_exit() == 0
     assert sha256_of(output) == sha256_of(image)
     assert f"cannot open {missing} to flush it" in relay.stderr_path.read_text()
+
+
+def test_relays_without_a_digest_leave_the_check_to_the_decompressor(
+    relays: RelayFactory, tmp_path: Path
+) -> None:
+    """``digest=False`` (an image that checks itself): no SHA-256 anywhere, and a corrupted
+    byte still fails every node, through zstd's content checksum."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    random_file(tree / "blob", 4 * MIB)  # incompressible: zstd stores it in raw blocks
+    tarball = tmp_path / "image.tar"
+    with tarfile.open(tarball, "w") as archive:
+        archive.add(tree, arcname=".")
+    image = tmp_path / "image.tar.zst"
+    subprocess.run(["zstd", "-q", "-3", str(tarball), "-o", str(image)], check=True, timeout=WAIT)
+    assert checks_itself(image, Compression.ZSTD)
+    corrupted = tmp_path / "corrupted.tar.zst"
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a raw block: only the checksum can tell
+    corrupted.write_bytes(bytes(data))
+
+    for name, source in (("good", image), ("bad", corrupted)):
+        secret = new_secret()
+        targets = [tmp_path / f"{name}{i}" for i in range(2)]
+        started = []
+        for i, target in enumerate(targets):
+            target.mkdir()
+            started.append(relays.start(f"{name}{i}", tar_writer(target), secret, digest=False))
+        hops = [relay.wait_listening() for relay in started]
+        result = send_chain(source, hops, secret, source_sha256="")
+        failures = result.failures([hop.address for hop in hops])
+        for relay in started:
+            assert relay.wait_exit() == 0
+            (done,) = relay.of_kind("done")
+            assert done.sha256 == ""
+        if name == "good":
+            assert failures == {}
+            assert all(sha256_of(t / "blob") == sha256_of(tree / "blob") for t in targets)
+        else:
+            assert sorted(failures) == sorted(hop.address for hop in hops)
+            assert all("writer exit status" in why for why in failures.values())

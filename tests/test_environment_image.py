@@ -27,6 +27,7 @@ from kadeployd.environment import (
     read_boot_files,
     sniff_compression,
 )
+from kadeployd.environment.image import checks_itself
 from kadeployd.environment.zstdframes import FrameTracker, ZstdFrameError
 
 KERNEL = b"\x7fKERNEL" + os.urandom(300_000)  # several tar blocks, incompressible
@@ -448,3 +449,31 @@ def test_boot_files_of_a_testbed_image(tmp_path: Path, compression: str) -> None
     boot = read_boot_files(env)
     assert (boot.kernel, boot.initrd) == (made.kernel, made.initrd)
     assert image_sha256(made.image) == hashlib.sha256(made.image.read_bytes()).hexdigest()
+
+
+def test_images_that_check_themselves_are_told_apart(tmp_path: Path) -> None:
+    """The chain relays skip their SHA-256 only where the nodes' decompressor checks every
+    byte anyway (kadeployd/environment/image.py ``checks_itself``)."""
+    data = os.urandom(4096)
+    cases = {
+        "gz": (gzip.compress(data), Compression.GZIP, True),
+        "xz": (lzma.compress(data), Compression.XZ, True),  # CRC-64 by default
+        "xz-none": (lzma.compress(data, check=lzma.CHECK_NONE), Compression.XZ, False),
+        "zst": (
+            zstandard.ZstdCompressor(write_checksum=True).compress(data),
+            Compression.ZSTD,
+            True,
+        ),
+        "zst-none": (zstandard.ZstdCompressor().compress(data), Compression.ZSTD, False),
+        "raw": (data, Compression.NONE, False),
+    }
+    # A skippable frame first (as some tools write metadata) does not hide the data frame.
+    skippable = (0x184D2A5A).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"abc"
+    checked = zstandard.ZstdCompressor(write_checksum=True).compress(data)
+    cases["zst-skippable"] = (skippable + checked, Compression.ZSTD, True)
+    cases["zst-truncated"] = (checked[:3], Compression.ZSTD, False)
+    for name, (content, compression, expected) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        assert checks_itself(path, compression) is expected, name
+    assert checks_itself(tmp_path / "missing", Compression.ZSTD) is False

@@ -36,11 +36,20 @@ class _Finished:
 class ChainTransfer(pykka.ThreadingActor):
     """Streams ``image`` through ``hops`` (chain order) and reports to ``manager``."""
 
-    def __init__(self, image: Path, hops: list[Hop], secret: bytes, manager: Any) -> None:
+    def __init__(
+        self, image: Path, hops: list[Hop], secret: bytes, manager: Any, *, digest: bool = True
+    ) -> None:
+        """``digest`` False: the relays compute no SHA-256 and the source's is not computed
+        either (the nodes' decompressors check the stream)."""
         super().__init__()
         self._manager = manager
         self._sender = ChainSender(
-            image, hops, secret, stall_timeout=STALL_TIMEOUT, on_event=self._observed
+            image,
+            hops,
+            secret,
+            stall_timeout=STALL_TIMEOUT,
+            on_event=self._observed,
+            source_sha256=None if digest else "",
         )
         self._thread = threading.Thread(target=self._send, name="chain-sender", daemon=True)
 

@@ -31,11 +31,12 @@ from kadeployd.chain import ChainResult, Hop
 from kadeployd.config import Config
 from kadeployd.environment import ImageKind
 from kadeployd.environment.bootfiles import BootFileLimits, publish_boot_files
+from kadeployd.environment.image import checks_itself
 from kadeployd.runtime import TimerHandle, Workers
 from kadeployd.store.records import LogStream
 from kadeployd.store.writes import AppendLog, FinishDeployment, FinishNode
 from kadeployd.supervision import SupervisedActor
-from kadeployd.workflow.job import BootFilesRef, DeploymentJob
+from kadeployd.workflow.job import BootFilesRef, DeploymentJob, NoEnvironment
 from kadeployd.workflow.outcome import Tally, Verdict
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class _GatherOver:
 class _Prepared:
     boot_files: BootFilesRef | None
     error: str | None
+    checks_itself: bool = False
 
 
 class DeploymentManager(SupervisedActor):
@@ -229,13 +231,20 @@ class DeploymentManager(SupervisedActor):
     def _prepare(self) -> None:
         try:
             boot_files = self._publish_boot_files()
-            message = _Prepared(boot_files, None)
+            message = _Prepared(boot_files, None, self._image_checks_itself())
         except KadeployError as exc:
             message = _Prepared(None, str(exc))
         except OSError as exc:
             message = _Prepared(None, f"cannot read the image: {exc}")
         with contextlib.suppress(pykka.ActorDeadError):  # cancelled and gone meanwhile
             self.actor_ref.tell(message)
+
+    def _image_checks_itself(self) -> bool:
+        request = self._job.request
+        if isinstance(request.environment, NoEnvironment):
+            return False
+        image = request.environment.image
+        return checks_itself(image.file, image.compression)
 
     def _publish_boot_files(self) -> BootFilesRef | None:
         if not self._job.publishes_boot_files:
@@ -265,7 +274,12 @@ class DeploymentManager(SupervisedActor):
                 self._fail_unstarted(node, NodeState.DEPLOY_FAILED, prepared.error)
             self._decide()
             return
-        job = dataclasses.replace(self._job, boot_files=prepared.boot_files)
+        job = dataclasses.replace(
+            self._job,
+            boot_files=prepared.boot_files,
+            image_checks_itself=prepared.checks_itself,
+        )
+        self._job = job
         proxy = self.actor_ref.proxy()
         try:
             for name in job.nodes:
@@ -301,7 +315,11 @@ class DeploymentManager(SupervisedActor):
             self._log_waits(nodes)
             self._log_round(CHAIN_ROUND_STARTED, f"{len(nodes)} nodes in this order: {nodes}")
             self._chain = ChainTransfer.start(
-                self._job.image, hops, self._rounds.running_secret, self.actor_ref.proxy()
+                self._job.image,
+                hops,
+                self._rounds.running_secret,
+                self.actor_ref.proxy(),
+                digest=not self._job.image_checks_itself,
             )
             self._reports.children(self._job.deployment_id, (self._chain,))
 

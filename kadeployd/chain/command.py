@@ -53,6 +53,7 @@ def relay_arguments(
     secret_env: str = "",
     flush: str = "",
     flush_mib: int = 64,
+    digest: bool = True,
 ) -> list[str]:
     """The relay's command-line arguments (after ``python3 relay.py``).
 
@@ -60,7 +61,8 @@ def relay_arguments(
     pipeline, pass ``["sh", "-c", script]`` where every value in ``script`` went through
     ``shlex.quote``. Without ``secret_env`` the relay reads the secret from stdin's first line.
     ``flush``: the directory or block device whose writeback the relay starts every
-    ``flush_mib`` MiB, so the disk writes during the stream.
+    ``flush_mib`` MiB, so the disk writes during the stream. ``digest`` False: the relay
+    computes no SHA-256 (the writer checks the stream itself).
     """
     if not writer or not all(isinstance(item, str) for item in writer):
         raise ValueError("the writer must be a non-empty list of strings")
@@ -84,4 +86,6 @@ def relay_arguments(
         args += ["--secret-env", secret_env]
     if flush:
         args += ["--flush", flush, "--flush-mib", str(flush_mib)]
+    if not digest:
+        args += ["--digest", "none"]
     return args

@@ -120,7 +120,8 @@ class ChainResult:
 
     ``results`` holds every node that acknowledged the stream; ``dead`` every node cut out
     (by the server or by a relay), with the reason. :meth:`failures` turns both into the
-    per-node verdict, checking each node's bytes and SHA-256 against the source.
+    per-node verdict, checking each node's bytes and SHA-256 against the source (``sha256``
+    empty: a round without digests, whose writers check the stream themselves).
     """
 
     size: int
@@ -139,7 +140,7 @@ class ChainResult:
                 failed[node] = "no result reported"
             elif result.bytes != self.size:
                 failed[node] = f"received {result.bytes} bytes of {self.size}"
-            elif result.sha256 != self.sha256:
+            elif self.sha256 and result.sha256 != self.sha256:
                 failed[node] = f"SHA-256 {result.sha256} differs from the source's {self.sha256}"
             elif result.writer_status != 0:
                 detail = f": {result.writer_error}" if result.writer_error else ""

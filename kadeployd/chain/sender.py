@@ -95,7 +95,9 @@ class ChainSender:
         source_sha256: str | None = None,
         checkpoint: Callable[[int], None] | None = None,
     ) -> None:
-        """``checkpoint``, if given, is called in the sending thread after every piece with
+        """``source_sha256``: the image's SHA-256 if known, None to compute it while sending,
+        "" for a round whose relays compute no digest (nothing is compared).
+        ``checkpoint``, if given, is called in the sending thread after every piece with
         the offset reached; it may block, which pauses the stream (tests use it)."""
         if not hops:
             raise ValueError("a chain needs at least one hop")

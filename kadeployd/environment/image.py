@@ -84,6 +84,46 @@ def sniff_compression(path: Path) -> Compression | None:
     return None
 
 
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_SKIPPABLE = 0x184D2A50  # the 16 magic numbers 0x184D2A50 to 0x184D2A5F
+_XZ_NO_CHECK = 0
+
+
+def checks_itself(path: Path, compression: Compression) -> bool:
+    """Whether decompressing ``path`` checks every byte, at no cost beyond the decompression:
+    gzip (a CRC-32, always), xz (unless its stream declares no check), zstd (if its first
+    frame carries a content checksum; images from the zstd tool do by default). The chain
+    relays then need no digest of their own: a node's decompressor fails on a corrupted
+    stream. False for an uncompressed image, or one that cannot be read."""
+    if compression is Compression.GZIP:
+        return True
+    try:
+        with path.open("rb") as handle:
+            if compression is Compression.XZ:
+                header = handle.read(12)
+                return len(header) == 12 and header[7] & 0x0F != _XZ_NO_CHECK
+            if compression is Compression.ZSTD:
+                return _zstd_first_frame_has_checksum(handle)
+    except OSError:
+        return False
+    return False
+
+
+def _zstd_first_frame_has_checksum(handle: BinaryIO) -> bool:
+    """Bit 2 of the first data frame's Frame_Header_Descriptor (RFC 8878, 3.1.1.1.1)."""
+    for _ in range(16):  # skippable frames before it, if any
+        header = handle.read(8)
+        if len(header) < 5:
+            return False
+        magic = int.from_bytes(header[:4], "little")
+        if magic == _ZSTD_MAGIC:
+            return bool(header[4] & 0x04)
+        if magic & 0xFFFFFFF0 != _ZSTD_SKIPPABLE:
+            return False
+        handle.seek(int.from_bytes(header[4:8], "little"), 1)
+    return False
+
+
 def open_image_stream(path: Path, compression: Compression) -> BinaryIO:
     """``path`` decompressed as a stream; close it when done.
 

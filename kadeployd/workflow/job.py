@@ -87,6 +87,9 @@ class DeploymentJob:
     request: DeploymentRequest
     boot_files: BootFilesRef | None = None
     """Set by the manager once the kernel is published; None boots the partition by chain."""
+    image_checks_itself: bool = False
+    """Set by the manager: decompressing the image checks every byte (see
+    :func:`kadeployd.environment.image.checks_itself`), so chain relays compute no digest."""
 
     @property
     def environment(self) -> EnvironmentDescription:

@@ -297,7 +297,10 @@ def send_image_chain(ctx: StepContext) -> None:
     writer_argv = ["bash", "-o", "pipefail", "-c", writer]
     image_kind = ctx.job.environment.image.kind
     flush = MOUNT_POINT if image_kind == ImageKind.TAR else ctx.deploy_device
-    argv = relay_launch(relay_arguments(writer_argv, idle_timeout=timeout, flush=flush))
+    digest = not ctx.job.image_checks_itself  # else the node's decompressor checks it
+    argv = relay_launch(
+        relay_arguments(writer_argv, idle_timeout=timeout, flush=flush, digest=digest)
+    )
     try:
         total = ctx.job.image.stat().st_size
     except OSError as exc:

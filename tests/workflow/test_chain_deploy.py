@@ -64,7 +64,12 @@ def test_the_default_broadcast_is_the_chain(
             if h.macrostep == "BroadcastEnv"
         }
         assert broadcast == {("chain", 1)}
-        assert any('"event":"done"' in line.text for line in reader.log(view.id, node))
+        log = reader.log(view.id, node)
+        assert any('"event":"done"' in line.text for line in log)
+        # A zstd image with a content checksum: the node's zstd checks every byte, the
+        # relay computes no SHA-256 of its own.
+        relays = [line.text for line in log if line.stream == "cmd" and "--writer" in line.text]
+        assert relays and all("--digest none" in command for command in relays)
         assert "ID=debian-min" in os_release(bed, node, user_key)
 
 
