@@ -61,6 +61,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import markdown_table as _markdown
+from _common import print_table as _print_table
 from _scale_config import node_names, write_dummy_config, write_environment
 from _testbed import BenchError, CpuSampler, machine
 
@@ -667,18 +669,6 @@ def _table(results: list[Result], cpus: int) -> list[list[str]]:
             ]
         )
     return rows
-
-
-def _print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
-
-
-def _markdown(rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
-    return lines
 
 
 def _verdicts(results: list[Result]) -> list[str]:

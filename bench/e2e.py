@@ -71,6 +71,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import markdown_table as _markdown
+from _common import print_table as _print_table
 from _testbed import BenchError, CpuSampler, free_udp_port, machine, rate_bits
 from control_plane import (
     START_TIMEOUT,
@@ -706,18 +708,6 @@ def _target_lines(result: Result) -> tuple[list[str], bool]:
             + ("" if run.name == "redeploy" else " (for information)")
         )
     return lines, met and result.run("redeploy") is not None
-
-
-def _print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
-
-
-def _markdown(rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
-    return lines
 
 
 # ---------------------------------------------------------------- main
