@@ -258,3 +258,49 @@ def test_the_latest_taker_holds_a_node_and_only_its_holder_frees_it() -> None:
     assert holds.holders(["n-1", "n-2"]) == {"n-2": Hold("d2", "bob")}
     assert holds.release("d2", ["n-2"]) == ["n-2"]
     assert holds.held() == {}
+
+
+def test_force_over_another_users_deployment_takes_an_administrator(
+    config: Config, env: EnvironmentDescription
+) -> None:
+    holds = NodeHolds()
+    holds.take(Hold("d1", "alice"), ["n-1", "n-2"])
+    reads = Reads(rights=[Right("bob", "*", "*"), Right("alice", "*", "*")])
+    bobs = DeploymentRequest(user="bob", environment=env, nodes=("n-3", "n-2", "n-1"))
+    refused = refusal(
+        lambda: admit_deployment(
+            bobs, caller="bob", force=True, config=config, holds=holds, reads=reads
+        )
+    )
+    assert refused.kind is Refusal.FORCE_REFUSED
+    assert refused.message == (
+        "force may not deploy n-2: it is in the running deployment d1 of alice (and 1 more "
+        "nodes); only an administrator (daemon.almighty_users) may act on another user's "
+        "deployment"
+    )
+    assert [p.message for p in refused.problems] == [
+        "n-2 is in deployment d1 of alice",
+        "n-1 is in deployment d1 of alice",
+    ]
+    power = refusal(
+        lambda: admit_nodes(
+            "bob", ["n-1"], action="power off", force=True, config=config, holds=holds, reads=reads
+        )
+    )
+    assert (power.kind, power.message.split(":")[0]) == (
+        Refusal.FORCE_REFUSED,
+        "force may not power off n-1",
+    )
+    # Her own deployment, an administrator, the daemon's own code: forced through.
+    hers = deployment(env, "n-1", "n-3")
+    for caller in ("alice", "root", None):
+        assert admit_deployment(
+            hers, caller=caller, force=True, config=config, holds=holds, reads=reads
+        ) == ("n-1", "n-3")
+    for user in ("alice", "root"):
+        assert [
+            n.name
+            for n in admit_nodes(
+                user, ["n-2"], action="reboot", force=True, config=config, holds=holds, reads=reads
+            )
+        ] == ["n-2"]

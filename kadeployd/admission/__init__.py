@@ -7,6 +7,8 @@ deployment holds which node; the HTTP layer only turns a request into a call and
 
 - :func:`admit_deployment`, :func:`admit_nodes`: the decisions (:mod:`.decide`);
 - :class:`NodeHolds`: which running deployment holds each node (:mod:`.holds`);
+- :func:`check_force`: force over another user's running deployment takes an administrator
+  (:mod:`.owners`);
 - :func:`block_device_problem`, :func:`rights_key`: the disk a request writes to (:mod:`.disks`);
 - :class:`AdmissionRefused`, :class:`Refusal`: the refusal and its kinds (:mod:`.refusal`).
 """
@@ -20,6 +22,7 @@ from kadeployd.admission.decide import (
 )
 from kadeployd.admission.disks import block_device_problem, check_block_device, rights_key
 from kadeployd.admission.holds import Hold, NodeHolds
+from kadeployd.admission.owners import check_force
 from kadeployd.admission.refusal import AdmissionRefused, Refusal
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "admit_nodes",
     "block_device_problem",
     "check_block_device",
+    "check_force",
     "check_free",
     "known_nodes",
     "rights_key",

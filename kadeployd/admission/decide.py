@@ -12,7 +12,8 @@ with every problem of that kind):
    deployment needs a right on each node's deploy partition (its number, or its device path
    with ``-b``), a reboot or power command a right on the node, whatever the partition;
 5. no running deployment holds a node (:class:`~kadeployd.admission.holds.NodeHolds`),
-   unless the request forces;
+   unless the request forces; and forcing over a node that another user's running deployment
+   holds takes an administrator (:mod:`.owners`: FORCE_REFUSED, 403);
 6. ``min_nodes`` between 1 and the number of nodes.
 
 Pure: the configuration, the holds and the store reads come in as arguments, so the rules
@@ -31,6 +32,7 @@ from kadeploy_core.plans import Operation
 from kadeploy_core.suggest import did_you_mean
 from kadeployd.admission.disks import check_block_device, rights_key
 from kadeployd.admission.holds import NodeHolds
+from kadeployd.admission.owners import check_force
 from kadeployd.admission.refusal import AdmissionRefused, Refusal
 from kadeployd.config import Config, Node
 from kadeployd.environment import EnvironmentDescription
@@ -81,11 +83,13 @@ def admit_deployment(
     check_block_device(nodes, request.block_device, request.deploy_partition)
     if isinstance(request.environment, EnvironmentDescription):
         _check_clusters(request.environment, request.nodes, config.nodes)
-    if caller is not None and caller not in config.daemon.almighty_users:
+    # The user whose rights count: None for an administrator or the daemon's own code.
+    checked = None if caller in config.daemon.almighty_users else caller
+    if checked is not None:
         if deploying:
-            _check_deploy_rights(caller, request, nodes, reads)
+            _check_deploy_rights(checked, request, nodes, reads)
         else:
-            _check_node_rights(caller, names, "reboot", reads)
+            _check_node_rights(checked, names, "reboot", reads)
     if not force:
         complaint = (
             "already in a running deployment; use force to deploy anyway"
@@ -93,6 +97,8 @@ def admit_deployment(
             else "in a running deployment; use force to reboot anyway"
         )
         check_free(names, holds, reads, complaint)
+    elif checked is not None:
+        check_force(checked, names, holds, "deploy" if deploying else "reboot")
     if request.min_nodes is not None and not 1 <= request.min_nodes <= len(names):
         _invalid(Problem(SOURCE, f"expected 1 to {len(names)}", "min_nodes"))
     return names
@@ -110,12 +116,16 @@ def admit_nodes(
 ) -> tuple[Node, ...]:
     """The configured nodes named (each once) if ``user`` may ``action`` them (kapower,
     kareboot simple and set_pxe: ``power on``, ``reboot``...): a right on each node and,
-    unless ``force``, none held by a running deployment. AdmissionRefused if not."""
+    unless ``force``, none held by a running deployment (with ``force``, none held by another
+    user's, unless ``user`` is an administrator). AdmissionRefused if not."""
     unique = known_nodes(names, config.nodes, merge_repeats=True)
-    if user not in config.daemon.almighty_users:
+    admin = user in config.daemon.almighty_users
+    if not admin:
         _check_node_rights(user, unique, action, reads)
     if not force:
         check_free(unique, holds, reads, f"in a running deployment; use force to {action} anyway")
+    elif not admin:
+        check_force(user, unique, holds, action)
     return tuple(config.nodes[name] for name in unique)
 
 

@@ -1,22 +1,25 @@
 """Whose running deployments a forced request would act over.
 
-``force`` lets a power command, a reboot or a set_pxe act on nodes that a running deployment
-holds. Over one's own deployment that is a user's business; over another user's it powers off
-or re-profiles nodes in the middle of their work, so it takes an administrator
-(``daemon.almighty_users``), whatever rights the user has on the nodes (a right on one
-partition used to be enough).
+``force`` lets a deployment, a reboot operation, a power command, a reboot or a set_pxe act on
+nodes that a running deployment holds. Over one's own deployment that is a user's business;
+over another user's it takes or re-profiles nodes in the middle of their work, so it takes an
+administrator (``daemon.almighty_users``), whatever rights the user has on the nodes (a right
+on one partition used to be enough).
 
-Pure: the holds (node -> deployment id, as the NodeSupervisor keeps them) and the owner of a
-deployment (from the store) come in as arguments.
+Decided by admission (:mod:`.decide`), in the NodeSupervisor's thread, from its own record of
+which deployment (and whose) holds each node, in the message that takes the nodes: no request
+can slip between the check and the taking.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kadeploy_core.errors import Problem
+from kadeployd.admission.holds import NodeHolds
+from kadeployd.admission.refusal import AdmissionRefused, Refusal
 
 logger = logging.getLogger(__name__)
 
@@ -32,25 +35,26 @@ class ForeignHold:
     owner: str
 
 
-def foreign_holds(
-    user: str,
-    names: Sequence[str],
-    held: Mapping[str, str],
-    owner_of: Callable[[str], str],
-) -> list[ForeignHold]:
-    """Those of ``names`` held (``held``: node -> deployment id) by a deployment whose owner
-    (``owner_of(deployment_id)``) is not ``user``, in the order of ``names``."""
-    owners: dict[str, str] = {}
-    found = []
-    for node in names:
-        deployment_id = held.get(node)
-        if deployment_id is None:
-            continue
-        if deployment_id not in owners:
-            owners[deployment_id] = owner_of(deployment_id)
-        if owners[deployment_id] != user:
-            found.append(ForeignHold(node, deployment_id, owners[deployment_id]))
-    return found
+def foreign_holds(user: str, names: Sequence[str], holds: NodeHolds) -> list[ForeignHold]:
+    """Those of ``names`` held by a running deployment whose owner is not ``user``, in the
+    order of ``names``."""
+    return [
+        ForeignHold(node, hold.deployment_id, hold.user)
+        for node, hold in holds.holders(names).items()
+        if hold.user != user
+    ]
+
+
+def check_force(user: str, names: Sequence[str], holds: NodeHolds, action: str) -> None:
+    """FORCE_REFUSED if ``user`` (no administrator) would ``action`` with force nodes of
+    another user's running deployment: the message names the first node, its deployment and
+    its owner, with one problem per such node."""
+    found = foreign_holds(user, names, holds)
+    if not found:
+        return
+    message, problems = force_refusal(action, found)
+    logger.warning("%s: %s", user, message)
+    raise AdmissionRefused(Refusal.FORCE_REFUSED, message, problems)
 
 
 def force_refusal(action: str, holds: Sequence[ForeignHold]) -> tuple[str, list[Problem]]:

@@ -36,6 +36,9 @@ class Refusal(StrEnum):
     """The user holds no right on a node (or on its deploy partition)."""
     NODE_BUSY = "node_busy"
     """A running deployment holds a node, and the request does not force."""
+    FORCE_REFUSED = "force_refused"
+    """The request forces over another user's running deployment, and its user is no
+    administrator."""
 
 
 class AdmissionRefused(KadeployError):

@@ -141,6 +141,7 @@ _REFUSAL_STATUS = {
     Refusal.INVALID_REQUEST: 422,
     Refusal.NO_RIGHT: 403,
     Refusal.NODE_BUSY: 409,
+    Refusal.FORCE_REFUSED: 403,
 }
 """The answer to each kind of admission refusal; its code is the kind's value."""
 

@@ -9,7 +9,8 @@ at most ``daemon.api.max_power_requests_per_user`` such requests waiting; beyond
 A user needs a right on every node (any partition), as for deployments, and a node that a
 running deployment holds is refused unless ``force``: the daemon's NodeSupervisor decides
 (kadeployd/admission), the route only asks it. ``force`` over another user's running
-deployment takes an administrator: 403 naming the deployment and its owner otherwise.
+deployment takes an administrator: 403 ``force_refused`` naming the deployment and its owner
+otherwise (kadeployd/admission/owners.py, decided with the busy check).
 
 The kinds of reboot (Kadeploy3's kareboot ``-r``):
 
@@ -37,8 +38,6 @@ from starlette.concurrency import run_in_threadpool
 
 from kadeploy_core.errors import InputError, Problem
 from kadeploy_core.schemas import DeploymentOut, EnvironmentRef, FileName, NodeName, UploadId
-from kadeployd.actors.directory import NODES
-from kadeployd.admission.owners import force_refusal, foreign_holds
 from kadeployd.api import environments, power_wait
 from kadeployd.api.auth import Caller, CallerDep, Context
 from kadeployd.api.context import ApiContext
@@ -46,7 +45,6 @@ from kadeployd.api.convert import deployment_out
 from kadeployd.api.errors import ApiError
 from kadeployd.api.responses import ERRORS
 from kadeployd.config import Node
-from kadeployd.daemon import CALL_TIMEOUT
 from kadeployd.environment import EnvironmentDescription
 from kadeployd.pxe.errors import PxeError
 from kadeployd.pxe.user_profiles import MAX_FILES, MAX_PROFILE_BYTES, UserProfile, check_profile
@@ -121,25 +119,9 @@ async def power(body: PowerRequestIn, context: Context, caller: CallerDep) -> li
             f"power {body.action}",
             body.force,
         )
-        if body.force:
-            await run_in_threadpool(_check_force, context, caller, nodes, f"power {body.action}")
         results = await power_wait.power(context.daemon, nodes, PowerAction(body.action))
     logger.info("%s: power %s of %d nodes", caller.user, body.action, len(nodes))
     return [_out(r) for r in results]
-
-
-def _check_force(context: ApiContext, caller: Caller, nodes: list[Node], action: str) -> None:
-    """403 when ``force`` would act on nodes of another user's running deployment and the
-    caller is no administrator (kadeployd/admission/owners.py). Blocking: a thread's work."""
-    if caller.admin:
-        return
-    held: dict[str, str] = context.daemon.supervisor.proxy(NODES).holds().get(timeout=CALL_TIMEOUT)
-    names = [node.name for node in nodes]
-    foreign = foreign_holds(caller.user, names, held, lambda d: context.reader.deployment(d).user)
-    if foreign:
-        message, problems = force_refusal(action, foreign)
-        logger.warning("%s: %s", caller.user, message)
-        raise ApiError(403, "force_refused", message, problems)
 
 
 def _slot(context: ApiContext, caller: Caller) -> AbstractContextManager[None]:
@@ -175,8 +157,6 @@ async def reboot(
         nodes = await run_in_threadpool(
             context.daemon.check_nodes, caller.user, body.nodes, "reboot", body.force
         )
-        if body.force:
-            await run_in_threadpool(_check_force, context, caller, nodes, "reboot")
         if body.kind == "set_pxe":
             assert body.profile is not None
             profile = _profile(body.profile, caller)
@@ -250,8 +230,6 @@ def _start_operation(body: RebootRequestIn, context: ApiContext, caller: Caller)
     right learns that, not whether an environment exists; the NodeSupervisor admits the
     operation again, with the environment's clusters, as it starts it."""
     nodes = context.daemon.check_nodes(caller.user, body.nodes, "reboot", body.force)
-    if body.force:
-        _check_force(context, caller, nodes, "reboot")
     target: EnvironmentDescription | NoEnvironment = NoEnvironment(name="deploy_env")
     operation = Operation.DEPLOY_ENV
     if body.kind == "recorded_env":
