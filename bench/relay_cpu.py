@@ -243,6 +243,8 @@ def paced_send(image: Path, hops: list[Hop], secret: bytes, rate: float, piece: 
 
 
 def measure_chain(image: Path, sha256: str, variant: Variant, rate: float, piece: int) -> Run:
+    if "--digest" in variant.args and "none" in variant.args:
+        sha256 = ""  # the relays report no digest; bytes and writer status are still checked
     secret = new_secret()
     relays: list[Relay] = []
     try:
