@@ -1,7 +1,7 @@
 """Faults and load through a real ``kadeploy-server``: what is lost, leaked or broken, and when.
 
     python bench/faults.py [--nodes 10] [--scenarios a,b,...] [--deadline 240]
-                           [--load-seconds 20] [--markdown FILE] [--keep]
+                           [--load-seconds 20] [--flood-rate 0] [--markdown FILE] [--keep]
 
 Run as root, alone: ``flock /tmp/kadeploy-tests.lock .venv/bin/python bench/faults.py`` (the
 testbed uses fixed loopback addresses). Scenarios (default: all, in this order):
@@ -27,16 +27,20 @@ testbed uses fixed loopback addresses). Scenarios (default: all, in this order):
     ``losetup -c``), so the extraction runs out of space; restored afterwards;
   - ``tftp-flood``: 4 nodes deployed while a second process sends the daemon's TFTP port
     read requests (for the deploy kernel, for missing files, and garbage) from 64 sockets as
-    fast as it can; the nodes must still boot (twice each).
+    fast as it can, or at ``--flood-rate`` packets/s; the nodes must still boot (twice each).
 
 For each scenario: **time** (first request -> every deployment ended), every node's **final
 state** (``GET /v1/deployments/ID/nodes``: none may be left non-final) and the lines of its
 **log** (each node must have some), the **HTTP** statuses the bench received (no 5xx; the
-daemon log's tracebacks are counted too), **leaked processes** after the end (relays: a
+daemon log's tracebacks are counted too, paramiko's banner-timeout tracebacks apart, and how
+much the log grew), **leaked processes** after the end (relays: a
 command line naming ``kadeploy-relay``; power and ssh commands: ``ipmitool`` or ``ssh``
 naming the testbed's directory; anything still a child of the daemon), **leaked files** (dirs
 under the daemon's ``anonymous/``, files under ``uploads/``, ``envs/`` dirs of the TFTP root
-that no node's PXE profile names, ``*.tmp`` files there; each given 15 s to be swept), and
+that no node's PXE profile names, ``*.tmp`` files there; each given 15 s to be swept; the
+daemon sweeps the anonymous env dirs of ended deployments when the next deployment starts, so
+those left at a scenario's end are counted apart and must be gone once the next scenario's
+first deployment started), and
 for every deployed node the **image** on its deploy partition: the SHA-256 of
 ``/etc/os-release``, ``/boot/vmlinuz``, ``/boot/initrd.img``, ``/bin/busybox`` and (padded
 image) ``/var/padding.bin``, read with ``debugfs`` from the host, against the image's tar. The
@@ -85,6 +89,7 @@ from kadeploy_testbed.image import ImageResult, MakeImageError, make_image
 from kadeploy_testbed.layout import DEPLOY_PARTITION
 from kadeploy_testbed.testbed import Testbed, TestbedError
 from kadeployd.api.tokens import TokenStore
+from kadeployd.environment.bootfiles import UNREFERENCED_GRACE
 
 REPO = Path(__file__).resolve().parents[1]
 FIRST_NODE = 101
@@ -112,6 +117,7 @@ SHRUNK_MIB = 40
 SWEEP_GRACE = 15.0
 POLL = 0.2
 RELAY_MARKER = b"kadeploy-relay"
+PARAMIKO = "paramiko.transport"
 COMMAND_NAMES = frozenset({"ipmitool", "ssh"})
 
 
@@ -133,8 +139,19 @@ class Outcome:
     """node -> the final state it should reach ("" = any final state)."""
     http: Counter[int] = field(default_factory=Counter)
     tracebacks: int = 0
+    """Tracebacks in the daemon log but paramiko's (counted apart in ``paramiko``)."""
+    paramiko: int = 0
+    """paramiko.transport's tracebacks: an SSH probe of a node with no banner (library noise
+    logged at ERROR, as bench/e2e.py counts it)."""
+    log_bytes: int = 0
+    """What the daemon's log grew by during the scenario."""
     leaked_processes: list[str] = field(default_factory=list)
     leaked_files: list[str] = field(default_factory=list)
+    anonymous_left: list[str] = field(default_factory=list)
+    """Anonymous env dirs of ended deployments still there at the end: the daemon sweeps them
+    when the next deployment starts (checked at the next scenario's start)."""
+    envs_in_grace: list[str] = field(default_factory=list)
+    """Boot files (TFTP envs/) no profile names any more, within the daemon's grace."""
     images_ok: list[str] = field(default_factory=list)
     images_bad: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
@@ -295,7 +312,7 @@ def api_load(workdir: Path, seconds: float, cpu: CpuSampler) -> Outcome:
         out.seconds = time.time() - began
         out.cpu = cpu.busy(began, time.time())
         out.http = load.codes
-        out.tracebacks = daemon.log.read_text(errors="replace").count("Traceback")
+        out.tracebacks, out.paramiko = _tracebacks(daemon.log.read_text(errors="replace"))
     if listed != LOAD_NODES:
         out.error = f"GET /v1/nodes listed {listed} nodes, not {LOAD_NODES}"
     if load.errors:
@@ -334,6 +351,9 @@ class Bench:
     deadline: float
     cpu: CpuSampler
     workdir: Path
+    flood_rate: float
+    anonymous_left: list[str] = field(default_factory=list)
+    """Anonymous env dirs the previous scenario left: the next deployment's start sweeps them."""
 
     @property
     def state_dir(self) -> Path:
@@ -496,18 +516,29 @@ def _leaked_processes(bench: Bench) -> list[str]:
 
 
 def _leaked_files(bench: Bench) -> list[str]:
+    """Uploads left, envs/ dirs no PXE profile names, temp files in the TFTP root."""
     state = bench.state_dir
     tftp = bench.bed.layout.tftp_root
-    leaked = [f"anonymous/{p.name}" for p in _entries(state / "anonymous")]
-    leaked += [f"uploads/{p.name}" for p in _entries(state / "uploads")]
+    leaked = [f"uploads/{p.name}" for p in _entries(state / "uploads")]
     profiles = " ".join(
         p.read_text(errors="replace") for p in _entries(tftp / "pxelinux.cfg") if p.is_file()
     )
-    leaked += [
-        f"tftp envs/{p.name}" for p in _entries(tftp / "envs") if f"envs/{p.name}/" not in profiles
-    ]
+    unnamed = [p for p in _entries(tftp / "envs") if f"envs/{p.name}/" not in profiles]
+    # The daemon keeps boot files no profile names for UNREFERENCED_GRACE after their last
+    # change (a deployment may be writing profiles), then sweeps them at a deployment's end.
+    limit = time.time() - UNREFERENCED_GRACE
+    leaked += [f"tftp envs/{p.name}" for p in unnamed if p.stat().st_mtime < limit]
     leaked += [f"tftp {p.relative_to(tftp)}" for p in tftp.rglob("*.tmp")]
     return leaked
+
+
+def _envs_in_grace(bench: Bench) -> list[str]:
+    """envs/ dirs no profile names, younger than the daemon's UNREFERENCED_GRACE."""
+    tftp = bench.bed.layout.tftp_root
+    profiles = " ".join(
+        p.read_text(errors="replace") for p in _entries(tftp / "pxelinux.cfg") if p.is_file()
+    )
+    return [p.name for p in _entries(tftp / "envs") if f"envs/{p.name}/" not in profiles]
 
 
 def _entries(directory: Path) -> list[Path]:
@@ -549,6 +580,12 @@ def run_scenario(
     began = time.time()
     try:
         ids = action(bench, out)
+        anonymous = bench.state_dir / "anonymous"
+        out.leaked_files += [
+            f"anonymous/{name} (of an ended deployment, not swept by the next one's start)"
+            for name in bench.anonymous_left
+            if (anonymous / name).exists()
+        ]
         _wait_ended(bench, list(ids), out)
         out.seconds = time.time() - began
         out.cpu = bench.cpu.busy(began, time.time())
@@ -556,12 +593,23 @@ def run_scenario(
     except (BenchError, TestbedError) as error:
         out.error = out.error or str(error)
     out.leaked_processes = _until_clean(lambda: _leaked_processes(bench))
-    out.leaked_files = _until_clean(lambda: _leaked_files(bench))
+    out.leaked_files += _until_clean(lambda: _leaked_files(bench))
+    out.anonymous_left = [p.name for p in _entries(bench.state_dir / "anonymous")]
+    out.envs_in_grace = _envs_in_grace(bench)
+    bench.anonymous_left = out.anonymous_left
     out.http = Counter(bench.api.codes)
     with bench.daemon.log.open("rb") as log:
         log.seek(log_offset)
-        out.tracebacks = log.read().decode(errors="replace").count("Traceback")
+        out.tracebacks, out.paramiko = _tracebacks(log.read().decode(errors="replace"))
+    out.log_bytes = bench.daemon.log.stat().st_size - log_offset
     return out
+
+
+def _tracebacks(text: str) -> tuple[int, int]:
+    """(the daemon's tracebacks, paramiko.transport's) in a piece of the daemon log."""
+    lines = [line for line in text.splitlines() if "Traceback (most recent call last)" in line]
+    noise = sum(1 for line in lines if f" {PARAMIKO}: " in line)
+    return len(lines) - noise, noise
 
 
 def s_concurrent(bench: Bench, out: Outcome) -> dict[str, Path]:
@@ -661,8 +709,9 @@ def s_disk_full(bench: Bench, out: Outcome) -> dict[str, Path]:
     return {bench.start(nodes, anonymous=True, image=bench.padded, min_nodes=1): bench.padded.image}
 
 
-def _flood(port: int, stop: Any, sent: Any) -> None:
-    """Read requests and garbage at 127.0.0.1:``port`` from 64 sockets until ``stop``."""
+def _flood(port: int, rate: float, stop: Any, sent: Any) -> None:
+    """Read requests and garbage at 127.0.0.1:``port`` from 64 sockets until ``stop``, at
+    ``rate`` packets/s (0: as fast as it can)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(64)]
     for sock in sockets:
@@ -677,7 +726,12 @@ def _flood(port: int, stop: Any, sent: Any) -> None:
     ]
     count = 0
     target = ("127.0.0.1", port)
+    began = time.monotonic()
     while not stop.is_set():
+        if rate > 0:
+            ahead = count / rate - (time.monotonic() - began)
+            if ahead > 0:
+                stop.wait(ahead)
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.sendto(packets[count % len(packets)], target)
@@ -693,10 +747,11 @@ def _flood(port: int, stop: Any, sent: Any) -> None:
 def s_tftp_flood(bench: Bench, out: Outcome) -> dict[str, Path]:
     nodes = bench.good[:4]
     port = int(bench.bed.config.tftp_port)
-    out.what = f"4 nodes deployed while a second process floods the TFTP port {port}"
+    pace = f"{bench.flood_rate:.0f} packets/s" if bench.flood_rate else "as fast as it can"
+    out.what = f"4 nodes deployed while a second process floods the TFTP port ({pace})"
     context = multiprocessing.get_context("fork")
     stop, sent = context.Event(), context.Value("q", 0)
-    flood = context.Process(target=_flood, args=(port, stop, sent), daemon=True)
+    flood = context.Process(target=_flood, args=(port, bench.flood_rate, stop, sent), daemon=True)
     flood.start()
     began = time.time()
     try:
@@ -775,7 +830,7 @@ def testbed_scenarios(
                 bench = Bench(
                     bed=bed, daemon=daemon, api=api, image=image, padded=padded, hashes=hashes,
                     pubkey=key.with_suffix(".pub").read_text(), good=good, bad_power=bad_power,
-                    deadline=args.deadline, cpu=cpu, workdir=workdir,
+                    deadline=args.deadline, cpu=cpu, workdir=workdir, flood_rate=args.flood_rate,
                 )  # fmt: skip
                 for name in names:
                     bench.deadline = args.deadline
@@ -812,6 +867,9 @@ def _row(out: Outcome) -> list[str]:
         str(out.errors_5xx + out.tracebacks),
         str(len(out.leaked_processes)),
         str(len(out.leaked_files)),
+        f"{len(out.anonymous_left)} / {len(out.envs_in_grace)}",
+        str(out.paramiko),
+        f"{out.log_bytes / 1e6:.1f}",
         "" if out.cpu is None else f"{out.cpu:.0%}",
         "ok" if out.ok else "FAILED",
     ]
@@ -819,20 +877,32 @@ def _row(out: Outcome) -> list[str]:
 
 HEADER = [
     "scenario", "time s", "final states", "all final", "logs", "images", "HTTP",
-    "5xx+tracebacks", "leaked procs", "leaked files", "CPU busy", "verdict",
+    "5xx+tracebacks", "leaked procs", "leaked files",
+    "left by design (anon / envs)", "paramiko tracebacks", "daemon log MB", "CPU busy", "verdict",
 ]  # fmt: skip
 
 
 def _details(out: Outcome) -> list[str]:
     lines = [f"{out.name}: {out.what}"]
     lines += [f"{out.name}: {note}" for note in out.notes]
+    lines.append(f"{out.name}: the daemon log grew by {out.log_bytes} bytes")
     for node, state in sorted(out.states.items()):
         reason = f" ({out.reasons[node][:200]})" if node in out.reasons else ""
         lines.append(f"{out.name}: {node} {state}, {out.log_lines.get(node, 0)} log lines{reason}")
     lines += [f"{out.name}: UNEXPECTED {line}" for line in out.unexpected]
     lines += [f"{out.name}: LEAKED process {p}" for p in out.leaked_processes]
     lines += [f"{out.name}: LEAKED file {f}" for f in out.leaked_files]
+    if out.anonymous_left:
+        lines.append(
+            f"{out.name}: {len(out.anonymous_left)} anonymous env dirs of ended deployments left "
+            "until the next deployment starts (the daemon sweeps them then; checked)"
+        )
     lines += [f"{out.name}: BAD image {i}" for i in out.images_bad]
+    if out.envs_in_grace:
+        lines.append(
+            f"{out.name}: {len(out.envs_in_grace)} TFTP envs/ dirs no profile names, within the "
+            f"daemon's {UNREFERENCED_GRACE:.0f} s grace (swept at a deployment's end after it)"
+        )
     if out.tracebacks:
         lines.append(f"{out.name}: {out.tracebacks} tracebacks in the daemon log")
     if out.error:
@@ -871,13 +941,16 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenarios", type=_parse_scenarios, default=list(SCENARIOS))
     parser.add_argument("--deadline", type=float, default=240.0, help="seconds per scenario")
     parser.add_argument("--load-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--flood-rate", type=float, default=0.0, help="tftp-flood packets/s (0: all it can)"
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, store)")
     args = parser.parse_args(argv)
     if not 4 <= args.nodes <= 100:
         parser.error(f"--nodes {args.nodes}: expected 4 to 100 (the scenarios use up to 4 nodes)")
-    if args.deadline <= 0 or args.load_seconds <= 0:
-        parser.error("--deadline and --load-seconds must be more than 0")
+    if args.deadline <= 0 or args.load_seconds <= 0 or args.flood_rate < 0:
+        parser.error("--deadline, --load-seconds must be more than 0, --flood-rate not negative")
     return args
 
 
