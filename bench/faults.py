@@ -1,7 +1,8 @@
 """Faults and load through a real ``kadeploy-server``: what is lost, leaked or broken, and when.
 
     python bench/faults.py [--nodes 10] [--scenarios a,b,...] [--deadline 240]
-                           [--load-seconds 20] [--flood-rate 0] [--markdown FILE] [--keep]
+                           [--load-seconds 20] [--flood-rate 0] [--flood-sources 1]
+                           [--markdown FILE] [--keep]
 
 Run as root, alone: ``flock /tmp/kadeploy-tests.lock .venv/bin/python bench/faults.py`` (the
 testbed uses fixed loopback addresses). Scenarios (default: all, in this order):
@@ -27,7 +28,9 @@ testbed uses fixed loopback addresses). Scenarios (default: all, in this order):
     ``losetup -c``), so the extraction runs out of space; restored afterwards;
   - ``tftp-flood``: 4 nodes deployed while a second process sends the daemon's TFTP port
     read requests (for the deploy kernel, for missing files, and garbage) from 64 sockets as
-    fast as it can, or at ``--flood-rate`` packets/s; the nodes must still boot (twice each).
+    fast as it can, or at ``--flood-rate`` packets/s, from ``--flood-sources`` addresses
+    127.0.9.x (default 1: one flooding host; the nodes' firmware asks from 127.0.0.1, and the
+    daemon caps sessions per client address); the nodes must still boot (twice each).
 
 For each scenario: **time** (first request -> every deployment ended), every node's **final
 state** (``GET /v1/deployments/ID/nodes``: none may be left non-final) and the lines of its
@@ -352,6 +355,7 @@ class Bench:
     cpu: CpuSampler
     workdir: Path
     flood_rate: float
+    flood_sources: int
     anonymous_left: list[str] = field(default_factory=list)
     """Anonymous env dirs the previous scenario left: the next deployment's start sweeps them."""
 
@@ -709,12 +713,19 @@ def s_disk_full(bench: Bench, out: Outcome) -> dict[str, Path]:
     return {bench.start(nodes, anonymous=True, image=bench.padded, min_nodes=1): bench.padded.image}
 
 
-def _flood(port: int, rate: float, stop: Any, sent: Any) -> None:
-    """Read requests and garbage at 127.0.0.1:``port`` from 64 sockets until ``stop``, at
-    ``rate`` packets/s (0: as fast as it can)."""
+def flood_sources(count: int) -> list[str]:
+    """The flood's source addresses: 127.0.9.1... (never the testbed's 127.0.0.1, from which
+    every emulated node's firmware asks, nor its nodes' 127.0.2.x and BMCs' 127.0.3.x)."""
+    return [f"127.0.9.{index}" for index in range(1, count + 1)]
+
+
+def _flood(port: int, rate: float, sources: list[str], stop: Any, sent: Any) -> None:
+    """Read requests and garbage at 127.0.0.1:``port`` from 64 sockets bound to ``sources``
+    (round robin) until ``stop``, at ``rate`` packets/s (0: as fast as it can)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(64)]
-    for sock in sockets:
+    for index, sock in enumerate(sockets):
+        sock.bind((sources[index % len(sources)], 0))
         sock.setblocking(False)
     packets = [
         b"\x00\x01kernels/deploy-vmlinuz\x00octet\x00",
@@ -748,10 +759,17 @@ def s_tftp_flood(bench: Bench, out: Outcome) -> dict[str, Path]:
     nodes = bench.good[:4]
     port = int(bench.bed.config.tftp_port)
     pace = f"{bench.flood_rate:.0f} packets/s" if bench.flood_rate else "as fast as it can"
-    out.what = f"4 nodes deployed while a second process floods the TFTP port ({pace})"
+    out.what = (
+        f"4 nodes deployed while a second process floods the TFTP port ({pace}) from "
+        f"{bench.flood_sources} address(es) 127.0.9.x"
+    )
     context = multiprocessing.get_context("fork")
     stop, sent = context.Event(), context.Value("q", 0)
-    flood = context.Process(target=_flood, args=(port, bench.flood_rate, stop, sent), daemon=True)
+    flood = context.Process(
+        target=_flood,
+        args=(port, bench.flood_rate, flood_sources(bench.flood_sources), stop, sent),
+        daemon=True,
+    )
     flood.start()
     began = time.time()
     try:
@@ -831,6 +849,7 @@ def testbed_scenarios(
                     bed=bed, daemon=daemon, api=api, image=image, padded=padded, hashes=hashes,
                     pubkey=key.with_suffix(".pub").read_text(), good=good, bad_power=bad_power,
                     deadline=args.deadline, cpu=cpu, workdir=workdir, flood_rate=args.flood_rate,
+                    flood_sources=args.flood_sources,
                 )  # fmt: skip
                 for name in names:
                     bench.deadline = args.deadline
@@ -944,11 +963,19 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--flood-rate", type=float, default=0.0, help="tftp-flood packets/s (0: all it can)"
     )
+    parser.add_argument(
+        "--flood-sources",
+        type=int,
+        default=1,
+        help="tftp-flood source addresses (the daemon caps sessions per address)",
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, store)")
     args = parser.parse_args(argv)
     if not 4 <= args.nodes <= 100:
         parser.error(f"--nodes {args.nodes}: expected 4 to 100 (the scenarios use up to 4 nodes)")
+    if not 1 <= args.flood_sources <= 64:
+        parser.error(f"--flood-sources {args.flood_sources}: expected 1 to 64")
     if args.deadline <= 0 or args.load_seconds <= 0 or args.flood_rate < 0:
         parser.error("--deadline, --load-seconds must be more than 0, --flood-rate not negative")
     return args
