@@ -23,6 +23,7 @@ from kadeploy_testbed.layout import (
     Layout,
     NodeSpec,
 )
+from kadeploy_testbed.nodefiles import ensure_host_key
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def deploy_conf(layout: Layout, tftp_host: str, tftp_port: int) -> dict[str, Any
             "deploy_kernel_params": "console=ttyS0 quiet",
             "prod_boot": "chain",
             "check_interval": 1,
+            # The deploy envs' one host key (kadeploy_testbed/nodefiles.py): pinned.
+            "deploy_host_key_file": str(layout.deploy_host_pubkey),
         },
         # Emulated nodes boot in about a second: tighter timeouts than on hardware.
         "automata": {
@@ -146,8 +149,11 @@ def _dump(path: Path, header: str, data: dict[str, Any]) -> None:
 
 
 def write_conf(layout: Layout, nodes: list[NodeSpec], tftp_host: str, tftp_port: int) -> None:
-    """Write ``DIR/conf`` for a daemon driving this testbed."""
+    """Write ``DIR/conf`` for a daemon driving this testbed (and the deploy env host key it
+    pins, made once per testbed)."""
     conf = layout.conf_dir
+    layout.root.mkdir(parents=True, exist_ok=True)
+    ensure_host_key(layout.deploy_host_key, regenerate=False)
     _dump(
         conf / "deploy.conf",
         "# Written by kadeploy-testbed up: a daemon configuration for this testbed.\n",

@@ -136,6 +136,16 @@ class Layout:
         return self.root / "id_deploy.pub"
 
     @property
+    def deploy_host_key(self) -> Path:
+        """The deploy env's SSH host key: one per testbed, every node's deploy env boots with
+        it, and the daemon's configuration pins its public half (boot.deploy_host_key_file)."""
+        return self.root / "deploy_host_key"
+
+    @property
+    def deploy_host_pubkey(self) -> Path:
+        return self.root / "deploy_host_key.pub"
+
+    @property
     def ipmi_password(self) -> Path:
         return self.root / "ipmi_password"
 

@@ -164,10 +164,16 @@ def write_boot_files(layout: Layout, node: NodeSpec, boot: BootSpec, disk: dict[
     boot_dir = node_dir / "boot"
     boot_dir.mkdir(parents=True, exist_ok=True)
     # Each env has its own host key, as on a real node: the prod env keeps its key across
-    # boots; the deploy env (a ramdisk) and a deployed env make a new one at every boot (as a
-    # deployed image without host keys does; one that ships its own would keep them).
-    host_key = node_dir / f"host_key_{boot.env}"
-    ensure_host_key(host_key, regenerate=boot.env != "prod")
+    # boots; a deployed env makes a new one at every boot (as a deployed image without host
+    # keys does; one that ships its own would keep them). The deploy env boots with the
+    # testbed's one deploy env key, built into it as a site builds its deploy env image with
+    # a key the daemon's configuration pins (boot.deploy_host_key_file).
+    if boot.env == "deploy":
+        host_key = layout.deploy_host_key
+        ensure_host_key(host_key, regenerate=False)
+    else:
+        host_key = node_dir / f"host_key_{boot.env}"
+        ensure_host_key(host_key, regenerate=boot.env != "prod")
     (boot_dir / "sshd_config").write_text(sshd_config(boot, node, node_dir), encoding="utf-8")
     (boot_dir / "cmdline").write_text(boot.cmdline + "\n", encoding="utf-8")
     # A new boot id at every boot, as the kernel makes one: the nodes share the host's kernel.

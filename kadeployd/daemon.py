@@ -35,6 +35,7 @@ from kadeployd.actors.config_actor import ConfigActor
 from kadeployd.actors.directory import CONFIG, NODES, PXE, REBOOT, STORE
 from kadeployd.actors.node_supervisor import NodeSupervisor
 from kadeployd.config import Config, Node, load_config
+from kadeployd.config.host_keys import unpinned_warning
 from kadeployd.events import EventHub
 from kadeployd.pxe import user_profiles
 from kadeployd.pxe.actor import PxeActor
@@ -109,6 +110,9 @@ class Daemon:
     def start(cls, config_dir: Path, *, max_restarts: int = 5, period: float = 10.0) -> Daemon:
         """Validate, then start the tree. Raises ConfigError or StoreError before starting."""
         config = load_config(config_dir)
+        unpinned = [n.name for n in config.nodes.values() if not n.settings.boot.deploy_host_keys()]
+        if (warning := unpinned_warning(unpinned, len(config.nodes))) is not None:
+            logger.warning("%s", warning)
         daemon_settings = config.daemon
         daemon_settings.state_dir.mkdir(parents=True, exist_ok=True)
         database = database_path(daemon_settings.state_dir)

@@ -408,6 +408,7 @@ def test_target_from_node_settings(tmp_path: Path) -> None:
         auth_timeout=4,
         keepalive=7,
         command_timeout=99,
+        name="n-1",
     )
 
 

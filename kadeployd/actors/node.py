@@ -377,6 +377,8 @@ class NodeActor(pykka.ThreadingActor):
         seconds = variant.timeout.seconds(self._job.node_count)
         where = attempt.step.name if attempt.step is not None else attempt.variant
         self._last_error = f"{where}: timed out after {seconds:g} s"
+        if attempt.context is not None and attempt.context.waiting:
+            self._last_error += f" ({attempt.context.waiting})"
         self._log("stderr", self._last_error)
         self._fire(E.TIMED_OUT)
         self._manager.attempt_failed(self._node.name)

@@ -6,11 +6,15 @@ before a command starts (never in the middle of one: commands are not assumed id
 Every phase has a bound: TCP connect, SSH banner and authentication use the target's timeouts,
 every command has its own ``timeout``, and keepalives run on the transport.
 
-Host keys: **accepted without being checked or stored, on purpose.** A deploy env generates
-new host keys on every boot, and so does a freshly deployed env, so a known_hosts file would
-only ever hold stale keys; the daemon authenticates the node by the network it is on and the
-node authenticates the daemon by its deploy key. The fingerprint seen is logged at debug level.
-Only the configured key is offered: no SSH agent, no ``~/.ssh`` keys.
+Host keys: a target with ``host_keys`` (the deploy env's, pinned by ``boot.deploy_host_key_file``
+or ``boot.deploy_host_key``: kadeployd/config/host_keys.py) accepts only those: any other key
+ends the connection with :class:`SshHostKeyMismatch` right after the key exchange, before the
+daemon authenticates or sends anything, so a host impersonating a node's address gets no
+command, no image and no user key. A target without (a prod or deployed env, whose keys are
+the user's, or a deploy env whose keys are not configured) accepts any key without storing
+it: a known_hosts file would only ever hold stale keys of envs that change at every
+deployment. The fingerprint seen is logged at debug level. Only the configured key is
+offered: no SSH agent, no ``~/.ssh`` keys.
 
 Killing a remote command: closing an SSH channel does not stop the process behind it (sshd
 keeps a non-PTY session's command running), and sshd refuses the "signal" channel request for
@@ -26,6 +30,7 @@ Errors::
     KadeployError
     └── SshError                 anything about SSH to one node; the message names the address
         ├── SshUnreachable       nothing answers: refused, timed out, no banner, handshake failed
+        ├── SshHostKeyMismatch   the server's host key is not one of the target's pinned keys
         ├── SshAuthFailed        the node does not accept the deploy key
         ├── SshKeyError          the deploy key file cannot be read (missing, not a key)
         ├── SshConnectionLost    the connection died while a command was running
@@ -39,6 +44,7 @@ kadeployd.adapters.commands, so local and remote commands answer alike), not an 
 
 from __future__ import annotations
 
+import base64
 import codecs
 import contextlib
 import logging
@@ -58,6 +64,7 @@ import paramiko
 from kadeploy_core.errors import KadeployError
 from kadeployd.adapters.commands import CommandResult
 from kadeployd.config import Node
+from kadeployd.config.host_keys import fingerprint, fingerprints
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +96,23 @@ class SshError(KadeployError):
 
 class SshUnreachable(SshError):
     """Nothing usable answers: connection refused or timed out, no banner, handshake failed."""
+
+
+class SshHostKeyMismatch(SshError):
+    """The server offered a host key that is not one of the target's pinned keys; nothing was
+    sent to it (no authentication, no command)."""
+
+    def __init__(self, target: SshTarget, offered: str) -> None:
+        self.offered = offered
+        """The key offered, ``"<type> <base64>"``."""
+        self.expected = target.host_keys
+        who = target.name or target.address
+        super().__init__(
+            target.address,
+            f"{who} offered the host key {fingerprint(offered)}, not the deploy env's pinned "
+            f"{fingerprints(target.host_keys)} (boot.deploy_host_key_file, "
+            "boot.deploy_host_key): connection refused, nothing sent",
+        )
 
 
 class SshAuthFailed(SshError):
@@ -141,6 +165,11 @@ class SshTarget:
     """Seconds of silence after which a keepalive is sent (0: none)."""
     command_timeout: float = 600.0
     """The node's default command timeout (``ssh.command_timeout``), for callers' convenience."""
+    host_keys: tuple[str, ...] = ()
+    """The only host keys accepted (``"<type> <base64>"``); empty: any (see the module's
+    docstring)."""
+    name: str = ""
+    """The node's name, for messages."""
 
     @classmethod
     def from_node(cls, node: Node) -> SshTarget:
@@ -155,7 +184,12 @@ class SshTarget:
             auth_timeout=ssh.connect_timeout,
             keepalive=ssh.keepalive_interval,
             command_timeout=ssh.command_timeout,
+            name=node.name,
         )
+
+    def pinned(self, host_keys: tuple[str, ...]) -> SshTarget:
+        """This target accepting only ``host_keys`` (none: any key)."""
+        return replace(self, host_keys=host_keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +206,9 @@ class ProbeResult:
     """Why something is missing, None when everything was read."""
     boot_id: str | None = None
     """The kernel's id of this boot (a new one at every boot), None if unreadable."""
+    refused_host_key: str | None = None
+    """The host key the node offered when it was not one of the target's pinned keys (then
+    nothing was sent, and ``reachable`` is False)."""
 
 
 # ---------------------------------------------------------------- helpers
@@ -184,6 +221,55 @@ class _AcceptHostKey(paramiko.MissingHostKeyPolicy):
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
         logger.debug("ssh %s: host key %s accepted unchecked", hostname, key.fingerprint)
+
+
+class _RefuseHostKey(paramiko.MissingHostKeyPolicy):
+    """A pinned target's answer to a key of a type none of its pinned keys has."""
+
+    def __init__(self, target: SshTarget) -> None:
+        self._target = target
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        raise SshHostKeyMismatch(self._target, _key_text(key))
+
+
+def _key_text(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+def _tcp_connect(target: SshTarget) -> socket.socket:
+    """The TCP connection to ``target``'s SSH port; SshUnreachable if none."""
+    where, port = target.address, target.port
+    try:
+        return socket.create_connection((target.address, target.port), target.connect_timeout)
+    except ConnectionRefusedError:
+        raise SshUnreachable(where, f"connection refused on port {port}") from None
+    except TimeoutError:
+        raise SshUnreachable(
+            where, f"no TCP connection to port {port} within {target.connect_timeout:g}s"
+        ) from None
+    except OSError as exc:
+        raise SshUnreachable(where, f"port {port}: {exc.strerror or exc}") from None
+
+
+def _pin(client: paramiko.SSHClient, target: SshTarget) -> None:
+    """Make ``client`` accept only ``target.host_keys``: paramiko compares the server's key
+    with them (and asks the server for the type of the first) right after the key exchange,
+    before authenticating; a key of another type goes to :class:`_RefuseHostKey`."""
+    name = target.address if target.port == 22 else f"[{target.address}]:{target.port}"
+    known = client.get_host_keys()
+    for text in target.host_keys:
+        kind, _, encoded = text.partition(" ")
+        try:
+            key = paramiko.PKey.from_type_string(kind, base64.b64decode(encoded))
+        except (ValueError, TypeError, paramiko.SSHException) as exc:
+            raise SshError(
+                target.address, f"pinned host key {fingerprint(text)} is unusable: {exc}"
+            ) from None
+        known.add(name, kind, key)
+    client.set_missing_host_key_policy(_RefuseHostKey(target))
 
 
 @dataclass(slots=True, eq=False)  # compared and hashed by identity
@@ -508,21 +594,15 @@ class SshConnection:
         where = target.address
         port = target.port
         key = self._load_key()
-        try:
-            sock = socket.create_connection((target.address, target.port), target.connect_timeout)
-        except ConnectionRefusedError:
-            raise SshUnreachable(where, f"connection refused on port {port}") from None
-        except TimeoutError:
-            raise SshUnreachable(
-                where, f"no TCP connection to port {port} within {target.connect_timeout:g}s"
-            ) from None
-        except OSError as exc:
-            raise SshUnreachable(where, f"port {port}: {exc.strerror or exc}") from None
+        sock = _tcp_connect(target)
         with self._state_lock:
             self._connecting = sock
         client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(_AcceptHostKey())
         try:
+            if target.host_keys:
+                _pin(client, target)
+            else:
+                client.set_missing_host_key_policy(_AcceptHostKey())
             client.connect(
                 target.address,
                 port=target.port,
@@ -536,6 +616,14 @@ class SshConnection:
                 look_for_keys=False,
                 allow_agent=False,
             )
+        except (paramiko.BadHostKeyException, SshError) as exc:  # nothing was sent
+            client.close()
+            sock.close()
+            self._check_cancelled()
+            if isinstance(exc, paramiko.BadHostKeyException):
+                exc = SshHostKeyMismatch(target, _key_text(exc.key))
+            logger.warning("%s", exc)
+            raise exc from None
         except paramiko.AuthenticationException as exc:
             client.close()
             self._check_cancelled()
@@ -760,6 +848,14 @@ def probe(target: SshTarget, timeout: float) -> ProbeResult:
             )
             cmdline = connection.run(
                 ["cat", "/proc/cmdline", BOOT_ID], timeout=max(deadline - time.monotonic(), 0.1)
+            )
+        except SshHostKeyMismatch as exc:
+            return ProbeResult(
+                reachable=False,
+                os_release=None,
+                cmdline=None,
+                error=str(exc),
+                refused_host_key=exc.offered,
             )
         except SshError as exc:
             return ProbeResult(reachable=False, os_release=None, cmdline=None, error=str(exc))

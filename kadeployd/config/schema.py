@@ -23,6 +23,7 @@ from pydantic import (
 
 from kadeploy_core.paths import DEFAULT_STATE_DIR, SOCKET_NAME
 from kadeploy_core.plans import Macrostep
+from kadeployd.config.host_keys import PinnedHostKeys, inline_host_keys, read_host_key_file
 from kadeployd.config.templates import CommandTemplate, TemplateError, placeholders
 from kadeployd.config.timeouts import Timeout
 
@@ -61,6 +62,22 @@ def _to_timeout(value: object) -> Timeout:
     return Timeout.parse(value)
 
 
+def _to_host_key_file(value: object) -> PinnedHostKeys:
+    if isinstance(value, PinnedHostKeys):
+        return value
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError("expected the path of an OpenSSH public key file")
+    return read_host_key_file(Path(value))
+
+
+def _to_inline_host_keys(value: object) -> PinnedHostKeys:
+    if isinstance(value, PinnedHostKeys):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected OpenSSH public keys as text, one a line")
+    return inline_host_keys(value)
+
+
 TemplateArg = Annotated[str, BeforeValidator(_template_item)]
 Command = Annotated[
     tuple[TemplateArg, ...],
@@ -68,6 +85,10 @@ Command = Annotated[
     PlainSerializer(lambda t: list(t.argv)),
 ]
 TimeoutValue = Annotated[Any, AfterValidator(_to_timeout), PlainSerializer(str)]
+HostKeyFile = Annotated[Any, AfterValidator(_to_host_key_file), PlainSerializer(lambda k: k.source)]
+InlineHostKeys = Annotated[
+    Any, AfterValidator(_to_inline_host_keys), PlainSerializer(lambda k: "\n".join(k.keys))
+]
 Seconds = Annotated[float, Field(gt=0)]
 PartitionNumber = Annotated[int, Field(ge=1, le=128)]
 PortNumber = Annotated[int, Field(ge=1, le=65535)]
@@ -122,6 +143,21 @@ class BootSettings(Frozen):
     prod_boot: Literal["chain", "localboot"] = "chain"
     """How the prod env is booted: chain.c32 to the prod partition, or the disk's own loader."""
     check_interval: Seconds = 2
+    deploy_host_key_file: HostKeyFile | None = None
+    """OpenSSH public host key file(s) of the deploy env (one key a line, as sshd's
+    ``ssh_host_*_key.pub``), read when the configuration is loaded: SSH connections to a
+    node's deploy env accept only these keys (kadeployd/config/host_keys.py)."""
+    deploy_host_key: InlineHostKeys | None = None
+    """The same keys inline (``ssh-ed25519 AAAA...``, one a line); a node accepts the keys of
+    either setting."""
+
+    def deploy_host_keys(self) -> tuple[str, ...]:
+        """The deploy env's pinned host keys (``"<type> <base64>"``); empty: not pinned."""
+        keys: dict[str, None] = {}
+        for pinned in (self.deploy_host_key_file, self.deploy_host_key):
+            if isinstance(pinned, PinnedHostKeys):
+                keys.update(dict.fromkeys(pinned.keys))
+        return tuple(keys)
 
 
 class DiskSettings(Frozen):

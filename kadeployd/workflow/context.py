@@ -75,8 +75,15 @@ class NodeServices(Protocol):
         the answer is in (from another thread)."""
         ...
 
-    def probe(self) -> ProbeView:
-        """One quick authenticated look at the node: reachable? and its /proc/cmdline."""
+    def probe(self, deploy_env: bool = False) -> ProbeView:
+        """One quick authenticated look at the node: reachable? and its /proc/cmdline.
+        ``deploy_env``: a look for the deploy env, which logs in only if the node offers the
+        deploy env's pinned host key (``boot.deploy_host_key_file``), if any."""
+        ...
+
+    def deploy_env_reached(self) -> None:
+        """The node runs the deploy env until its next reboot (:meth:`reset_shell`): the
+        shell's connections accept only the deploy env's pinned host keys."""
         ...
 
     def host_key(self) -> str | None:
@@ -131,6 +138,9 @@ class ProbeView:
     error: str = ""
     boot_id: str = ""
     """The kernel's id of the boot the node runs ("" when it could not be read)."""
+    refused_key: str = ""
+    """The host key the node offered to a deploy env probe, not the pinned one ("" if none):
+    the node answers, but not as the deploy env; nothing was sent to it."""
 
 
 @dataclass
@@ -151,6 +161,9 @@ class StepContext:
     """Facts a later step needs, e.g. the deploy env's host key (survives retries)."""
     scratch: dict[str, Any] = field(default_factory=dict)
     """What one microstep keeps between its runs (emptied when the next microstep starts)."""
+    waiting: str = ""
+    """What a waiting microstep last saw, added to the timeout's message if its variant times
+    out meanwhile (e.g. the host key a node offers instead of the deploy env's)."""
 
     @property
     def disk(self) -> DiskSettings:

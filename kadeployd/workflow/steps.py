@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import BinaryIO
 
+from kadeploy_core.plans import Macrostep
 from kadeployd.chain import (
     ReportError,
     parse_report,
@@ -53,8 +54,12 @@ def _bash(script: str) -> str:
 
 
 def nothing(ctx: StepContext) -> None:
-    """The ``dummy`` variants: the node passes through the macrostep's state, nothing runs."""
+    """The ``dummy`` variants: the node passes through the macrostep's state, nothing runs.
+    A dummy SetDeploymentEnv takes the node as running the deploy env already, so the next
+    macrosteps' connections check its pinned host key."""
     ctx.log("info", f"{ctx.position.macrostep}: dummy variant, nothing done")
+    if ctx.position.macrostep == Macrostep.SET_DEPLOYMENT_ENV:
+        ctx.services.deploy_env_reached()
 
 
 # ---------------------------------------------------------------- SetDeploymentEnv
@@ -170,12 +175,25 @@ def _same_boot(ctx: StepContext, seen: ProbeView) -> str | None:
 
 def await_deploy_env(ctx: StepContext) -> Again | None:
     """Done once the node answers SSH in this deployment's deploy env (its id in
-    /proc/cmdline); else look again in ``boot.check_interval`` seconds."""
+    /proc/cmdline); else look again in ``boot.check_interval`` seconds.
+
+    With the deploy env's host keys pinned (``boot.deploy_host_key_file``), a node offering
+    another key is not logged into: it answers, so it is up (its old env, not gone down yet,
+    or something else at its address), but it is not the deploy env. The step waits on; if the
+    variant times out, its message names the key offered and the one expected."""
     marker = f"{DEPLOY_MARKER}={ctx.job.deployment_id}"
-    seen = ctx.services.probe()
+    seen = ctx.services.probe(deploy_env=True)
     if seen.reachable and marker in seen.cmdline.split():
+        ctx.waiting = ""
+        ctx.services.deploy_env_reached()
         return None
-    if (again := watch_reboot(ctx, down=not seen.reachable, seen=seen)) is not None:
+    if seen.refused_key:
+        if ctx.scratch.get("refused_key") != seen.refused_key:
+            ctx.scratch["refused_key"] = seen.refused_key
+            ctx.log("info", f"not the deploy env yet: {seen.error}")
+        ctx.waiting = f"the last answer: {seen.error}"
+    down = not seen.reachable and not seen.refused_key
+    if (again := watch_reboot(ctx, down=down, seen=seen)) is not None:
         return again
     return Again(ctx.node.settings.boot.check_interval)
 

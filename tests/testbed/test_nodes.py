@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from kadeploy_testbed.layout import SSH_PORT
 from kadeploy_testbed.testbed import Testbed, ssh_answers, wait_until
 from kadeployd.adapters.commands import run_command
+from kadeployd.adapters.hostkey import fetch_host_key
 from kadeployd.config import load_config
 from kadeployd.reboot.jobs import PowerRequest, plan, result_of
 from kadeployd.reboot.levels import RebootLevel
@@ -143,14 +145,14 @@ def test_deploy_kernel_boots_the_deploy_env(fresh_testbed: Testbed, testbed_tftp
     write_profile(testbed_tftp, fresh_testbed, node,
                   "DEFAULT deploy\nLABEL deploy\n  KERNEL kernels/deploy-vmlinuz\n"
                   "  INITRD kernels/deploy-initrd.img\n  APPEND console=ttyS0 kadeploy-test=1\n")  # fmt: skip
-    host_key = fresh_testbed.layout.node_dir(node) / "host_key_deploy.pub"
+    host_key = fresh_testbed.layout.deploy_host_pubkey
     keys = []
     for _ in range(2):
         boots = boot_count(fresh_testbed, node)
         ssh(fresh_testbed, node, "reboot")
         assert wait_until(partial(booted_since, fresh_testbed, node, boots), BOOT_TIMEOUT)
         wait_env(fresh_testbed, node, "deploy")
-        keys.append(host_key.read_text())
+        keys.append(fetch_host_key(fresh_testbed.node(node).address, SSH_PORT, 5))
         result = ssh(
             fresh_testbed,
             node,
@@ -164,7 +166,11 @@ def test_deploy_kernel_boots_the_deploy_env(fresh_testbed: Testbed, testbed_tftp
         assert len(result.stdout.splitlines()) == 6
     assert "kernels/deploy-vmlinuz" in testbed_tftp.requested()
     assert "kernels/deploy-initrd.img" in testbed_tftp.requested()
-    assert keys[0] != keys[1], "a deploy env regenerates its host key at every boot"
+    # The testbed's one deploy env key, at every boot: the one its configuration pins.
+    pinned = " ".join(host_key.read_text().split()[:2])
+    assert keys == [pinned, pinned]
+    config = load_config(fresh_testbed.layout.conf_dir)
+    assert config.nodes[node].settings.boot.deploy_host_keys() == (pinned,)
 
 
 def _install_image(bed: Testbed, node: str, partition: int, tmp_path: Path) -> tuple[Path, Path]:

@@ -1,8 +1,10 @@
 """Reboots escalate on evidence, within one attempt (no retry spent, no timeout waited out).
 
 On the testbed: a soft reboot command that fails is followed at once by a hard reboot; one
-that succeeds but leaves the node running the same boot (same boot id) is followed by a hard
-reboot once ``power.soft_reboot_grace`` is over. SetDeploymentEnv has no retry here, so the
+that succeeds but leaves the node running the same boot is followed by a hard reboot once
+``power.soft_reboot_grace`` is over. The testbed pins its deploy env's host key, so the daemon
+does not log into the prod env that goes on answering while it waits for the deploy env: the
+evidence is the prod env's host key, the same as before the reboot. SetDeploymentEnv has no retry here, so the
 node is deployed only if the escalation happened inside the attempt.
 """
 
@@ -24,7 +26,8 @@ pytestmark = pytest.mark.root
     ("reboot_soft", "evidence"),
     [
         (["false"], "soft reboot failed"),  # e.g. Permission denied in a user's environment
-        (["true"], "the node still runs boot"),  # the command lied: nothing went down
+        # The command lied: nothing went down.
+        (["true"], "the node still answers with the same host key"),
     ],
     ids=["soft-command-fails", "soft-command-does-nothing"],
 )
