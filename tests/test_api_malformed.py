@@ -124,6 +124,22 @@ def test_unknown_routes_and_methods_have_the_error_shape(api: RunningApi) -> Non
     assert (wrong.status_code, error_of(wrong)["code"]) == (405, "method_not_allowed")
 
 
+def test_a_method_not_allowed_names_every_allowed_one(api: RunningApi) -> None:
+    client = api.client("alice")
+    for method, path, allowed in (
+        ("DELETE", "/v1/health", "GET"),
+        ("PUT", "/v1/deployments", "GET, POST"),
+        ("POST", "/v1/environments/alice/tiny/1", "GET, PATCH, DELETE"),
+        ("GET", "/v1/uploads/" + "0" * 32, "DELETE"),
+    ):
+        answer = client.request(method, path)
+        assert answer.status_code == 405, (method, path, answer.text)
+        assert answer.headers["Allow"] == allowed, (method, path)
+        error = error_of(answer)
+        assert error["code"] == "method_not_allowed"
+        assert f"{method} is not allowed on {path}; allowed: {allowed}" in error["message"]
+
+
 def test_validation_errors_name_each_field(api: RunningApi) -> None:
     client = api.client("alice")
     answer = client.post(

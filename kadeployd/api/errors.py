@@ -11,7 +11,8 @@ Routes raise :class:`ApiError`; the handlers installed by :func:`install_error_h
 it, request validation errors, HTTP errors of the router (404, 405), the daemon's own errors,
 unreadable YAML and too deep nesting into that shape. An unexpected exception reaches the
 safety net of :mod:`kadeployd.api.guard`: logged once with its traceback and an error id,
-answered ``500 internal_error`` with the id only.
+answered ``500 internal_error`` with the id only. A 405 names, in ``Allow``, every method the
+path serves.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import yaml.reader
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from kadeploy_core.errors import InputError, KadeployError, Problem
 from kadeployd.actors.directory import ServiceUnavailable
@@ -219,7 +222,40 @@ def _yaml_message(exc: yaml.YAMLError) -> str:
     return f"a YAML text of the request cannot be read{where}: {reason}"
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(app: Starlette, path: str) -> list[str]:
+    """The methods some route of ``app`` serves at ``path``: the ``Allow`` of a 405 (the
+    router's own names only the first route of the path, e.g. GET of ``/v1/deployments``)."""
+    allowed = []
+    for method in _METHODS:
+        scope = {"type": "http", "path": path, "root_path": "", "method": method}
+        if any(route.matches(dict(scope))[0] is Match.FULL for route in app.routes):
+            allowed.append(method)
+    return allowed
+
+
+def _method_not_allowed(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """405 naming the method, the path and, in ``Allow``, every method the path serves."""
+    path = request.scope["path"]
+    allowed = allowed_methods(request.app, path)
+    headers = dict(exc.headers or {})
+    if allowed:
+        headers["Allow"] = ", ".join(allowed)
+    shown = ", ".join(allowed) or "none"
+    return error_response(
+        405,
+        "method_not_allowed",
+        f"method {request.method} is not allowed on {path}; allowed: {shown}",
+        (),
+        headers,
+    )
+
+
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, StarletteHTTPException) and exc.status_code == 405:
+        return _method_not_allowed(request, exc)
     return _from_exception(exc)
 
 
