@@ -502,3 +502,30 @@ def test_relays_without_a_digest_leave_the_check_to_the_decompressor(
         else:
             assert sorted(failures) == sorted(hop.address for hop in hops)
             assert all("writer exit status" in why for why in failures.values())
+
+
+def test_a_tail_without_digest_splices_into_its_writer_and_survives_its_failures(
+    relays: RelayFactory, tmp_path: Path
+) -> None:
+    """The tail without a digest keeps no byte in user space: the socket goes straight into
+    its writer's pipe. A slow writer is waited for; one that stops reading leaves the stream
+    to be received to its end and reported (bytes, writer status)."""
+    image = random_file(tmp_path / "image.raw", 12 * MIB + 777)
+    for name, writer, status in (
+        ("slow", slow_writer(tmp_path / "slow.out", pause=0.001), 0),
+        ("stops", ["sh", "-c", "head -c 100000 > /dev/null; exit 3"], 3),
+    ):
+        secret = new_secret()
+        tail = relays.start(name, writer, secret, digest=False)
+        hops = [tail.wait_listening()]
+        result = send_chain(image, hops, secret, source_sha256="")
+        assert tail.wait_exit() == 0
+        assert "straight into the writer" in tail.stderr_path.read_text()
+        (done,) = tail.of_kind("done")
+        assert (done.bytes, done.sha256, done.writer_status) == (image.stat().st_size, "", status)
+        failures = result.failures([hop.address for hop in hops])
+        if status == 0:
+            assert failures == {}
+            assert sha256_of(tmp_path / "slow.out") == sha256_of(image)
+        else:
+            assert "writer exit status 3" in failures[hops[0].address]

@@ -76,6 +76,10 @@ need the bytes in user space, so the read from A is the one copy; the writer get
 references instead of a write(2) copy. Without os.splice (Python < 3.10), tee(2) in the C
 library or 1 MiB pipes, or if splicing the socket fails, the relay says so on stderr and
 copies: recv(2) into the ring, write(2) into the writer's pipe (``--no-splice`` too).
+The tail of a chain without a digest (``--digest none``, no successor in the header's
+``rest``) needs neither the ring nor the bytes: it splices the socket straight into the
+writer's pipe, no copy at all; if that fails (a writer that stops reading, a socket that
+cannot be spliced) it goes on with the path above.
 
 Costs, CPU seconds per GiB of stream (``bench/relay_cpu.py``, BENCHMARKS.md "Relay CPU per
 GiB": AMD EPYC Zen 4, loopback, the writer's own CPU not counted)::
@@ -449,7 +453,7 @@ class Writer:
                 written = os.write(self.fd, view)
             except OSError as exc:
                 self.error = f"writer stopped reading: {exc}"
-                self._close_pipe()
+                self.close_pipe()
                 return
             view = view[written:]
 
@@ -463,7 +467,7 @@ class Writer:
                 moved = os.splice(pipe_r, self.fd, count)
             except OSError as exc:
                 self.error = f"writer stopped reading: {exc}"
-                self._close_pipe()
+                self.close_pipe()
                 return
             if moved <= 0:
                 raise RelayError(EXIT_PROTOCOL, "internal error: staging pipe ran dry")
@@ -474,7 +478,7 @@ class Writer:
 
         ``wait(seconds)`` is called between checks, so the relay keeps serving meanwhile.
         """
-        self._close_pipe()
+        self.close_pipe()
         if self.proc is None:
             return self.status
         deadline = time.monotonic() + timeout
@@ -488,7 +492,7 @@ class Writer:
         self.status = self.proc.returncode
         return self.status
 
-    def _close_pipe(self) -> None:
+    def close_pipe(self) -> None:
         if self.proc is not None and self.proc.stdin is not None and self.fd >= 0:
             self.fd = -1
             with contextlib.suppress(OSError):
@@ -623,6 +627,13 @@ class Splicer:
         self.fds = []
 
 
+def _writable(fd: int, timeout: float = 0.0) -> bool:
+    """Whether the pipe ``fd`` has room (or its reader is gone: the write then fails)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return bool(poller.poll(timeout * 1000))
+
+
 def syncfs(fd: int) -> None:
     """syncfs(2) on the filesystem holding ``fd`` (os has no wrapper); sync(2) without it."""
     call = getattr(_LIBC, "syncfs", None)
@@ -681,6 +692,8 @@ class Relay:
         self.up: Upstream | None = None
         self.down: Downstream | None = None
         self.busy_since: float | None = None  # set while blocked on the local writer
+        self.direct = False
+        """Tail without digest: the socket is spliced straight into the writer's pipe."""
         self.finished = threading.Event()
         self.last_upstream = time.monotonic()
         self.wake_r, self.wake_w = os.pipe()
@@ -768,6 +781,11 @@ class Relay:
                 self.splicer = Splicer()
             except OSError as exc:
                 self._log(f"no splice ({exc.strerror or exc}): the writer gets copies")
+        # The tail (no successor can ever come: the rest of the chain is empty) keeps no ring
+        # and, without a digest, needs no byte in user space at all.
+        self.direct = self.splicer is not None and not self.rest and self.sha is None
+        if self.direct:
+            self._log("tail without digest: the stream goes straight into the writer")
         self.flusher.start()
 
     def _wait_upstream(self, poller: Any, timeout: float) -> None:
@@ -798,6 +816,14 @@ class Relay:
             want = min(self.chunk, self.ring_size - start, self.size - self.received)
             if self.splicer is not None:
                 want = min(want, self.splicer.size)
+            if self.direct:
+                try:
+                    drained = not self._take_direct(up, want)
+                except OSError as exc:
+                    self._log(f"upstream lost at byte {self.received}: {exc}")
+                    up.close()
+                    self.up = None
+                continue
             try:
                 got, queued = self._take(up.sock, self.view[start : start + want])
             except (BlockingIOError, InterruptedError):
@@ -841,6 +867,42 @@ class Relay:
                     raise
                 self._drop_splicer(f"splice failed: {exc.strerror or exc}")
         return sock.recv_into(view), 0
+
+    def _take_direct(self, up: Upstream, want: int) -> bool:
+        """Splice what the upstream socket holds into the writer's pipe, waiting for the
+        writer if its pipe is full; False if the socket had nothing. A writer that stopped
+        or a socket that cannot be spliced ends the direct path (the stream goes on with
+        the ring, as for any relay)."""
+        writer = self.writer
+        assert writer is not None
+        flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK
+        try:
+            got = os.splice(up.sock.fileno(), writer.fd, want, flags=flags)
+        except (BlockingIOError, InterruptedError):
+            if _writable(writer.fd):
+                return False  # the socket is empty: poll it
+            self.busy_since = time.monotonic()
+            while not _writable(writer.fd, 0.5):
+                pass  # the writer is slow: wait for it (the heartbeats say how long)
+            self.busy_since = None
+            return True
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                writer.error = f"writer stopped reading: {exc}"
+                writer.close_pipe()
+                self._log(f"{writer.error}; still receiving the stream")
+            elif exc.errno in UNSPLICEABLE:
+                self._log(f"splice failed: {exc.strerror or exc}; receiving into the ring")
+            else:
+                raise
+            self.direct = False
+            return True
+        if got == 0:
+            raise OSError(errno.ECONNRESET, "closed before the end of the stream")
+        self.received += got
+        self.flusher.fed += got
+        self.last_upstream = time.monotonic()
+        return True
 
     def _feed_writer(self, piece: memoryview, queued: int) -> None:
         """Give the writer ``piece``: its first ``queued`` bytes from the splicer's pipe, the
