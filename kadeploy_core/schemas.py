@@ -194,12 +194,23 @@ class RightsGrant(_In):
 # ------------------------------------------------------------------ responses
 
 
+class ProblemOut(BaseModel):
+    """One problem of an error: where it is and what would be valid."""
+
+    source: str
+    """``request`` for the request's body, parameters and headers; else a file's name."""
+    path: str
+    """Where in it, like ``body.nodes[2]`` or ``query.limit``; empty for the whole of it."""
+    line: int | None
+    message: str
+
+
 class ErrorBody(BaseModel):
     """The error object."""
 
     code: str
     message: str
-    details: list[dict[str, Any]]
+    details: list[ProblemOut]
 
 
 class ErrorResponse(BaseModel):
@@ -377,8 +388,14 @@ class StateDurationOut(BaseModel):
     longest: float
 
 
+class LivenessOut(BaseModel):
+    """``/v1/health`` without a token nor root at the other end: the daemon answers."""
+
+    status: Literal["ok"]
+
+
 class HealthOut(BaseModel):
-    """The server's status (no token needed)."""
+    """The server's status (with a token, or root at the other end of the Unix socket)."""
 
     status: str
     version: str

@@ -124,6 +124,34 @@ def test_unknown_routes_and_methods_have_the_error_shape(api: RunningApi) -> Non
     assert (wrong.status_code, error_of(wrong)["code"]) == (405, "method_not_allowed")
 
 
+def test_the_document_declares_each_routes_errors_in_the_error_shape(api: RunningApi) -> None:
+    document = api.client(None).get("/openapi.json").json()
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    error_schema = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            answers = operation["responses"]
+            for status, answer in answers.items():
+                if int(status) >= 400:
+                    assert answer["content"]["application/json"]["schema"] == error_schema, (
+                        where,
+                        status,
+                    )
+            if path != "/v1/health":  # the only route without a token
+                assert {"401", "429", "503"} <= set(answers), where
+            if "parameters" in operation or "requestBody" in operation:
+                assert "422" in answers, where
+            if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                assert {"400", "413", "422"} <= set(answers), where
+    health = document["paths"]["/v1/health"]["get"]["responses"]
+    assert "401" not in health
+    shapes = health["200"]["content"]["application/json"]["schema"]["anyOf"]
+    assert {"$ref": "#/components/schemas/LivenessOut"} in shapes
+    problem = document["components"]["schemas"]["ErrorBody"]["properties"]["details"]["items"]
+    assert problem == {"$ref": "#/components/schemas/ProblemOut"}
+
+
 def test_a_method_not_allowed_names_every_allowed_one(api: RunningApi) -> None:
     client = api.client("alice")
     for method, path, allowed in (

@@ -24,7 +24,7 @@ from kadeployd.api.auth import Caller, CallerDep, Context
 from kadeployd.api.context import ApiContext
 from kadeployd.api.convert import deployment_out, history_out, node_state_out, sees_details
 from kadeployd.api.errors import ApiError
-from kadeployd.api.responses import ERRORS
+from kadeployd.api.responses import BODY_ERRORS, ERRORS, errors
 from kadeployd.api.uploads import UploadError, UploadInfo
 from kadeployd.workflow.job import DeploymentRequest
 
@@ -38,7 +38,12 @@ LogAfter = Annotated[int, Query(ge=0, le=2**62)]
 LogLimit = Annotated[int, Query(ge=1, le=100_000)]
 
 
-@router.post("", status_code=201, response_model=DeploymentOut)
+@router.post(
+    "",
+    status_code=201,
+    response_model=DeploymentOut,
+    responses=BODY_ERRORS | errors(403, 404, 409),
+)
 def create_deployment(
     body: DeploymentCreate, context: Context, caller: CallerDep, response: Response
 ) -> DeploymentOut:
@@ -105,7 +110,7 @@ def create_deployment(
     return deployment_out(view, context.reader.nodes(deployment_id))
 
 
-@router.get("", response_model=list[DeploymentOut])
+@router.get("", response_model=list[DeploymentOut], responses=errors(422))
 def list_deployments(
     context: Context,
     caller: CallerDep,
@@ -121,7 +126,7 @@ def list_deployments(
     ]
 
 
-@router.get("/{deployment_id}", response_model=DeploymentOut)
+@router.get("/{deployment_id}", response_model=DeploymentOut, responses=errors(404, 422))
 def get_deployment(deployment_id: str, context: Context, caller: CallerDep) -> DeploymentOut:
     """One deployment, with how many nodes are in each state."""
     view = context.reader.deployment(deployment_id)
@@ -129,14 +134,16 @@ def get_deployment(deployment_id: str, context: Context, caller: CallerDep) -> D
     return deployment_out(view, context.reader.nodes(deployment_id), full=full)
 
 
-@router.get("/{deployment_id}/nodes", response_model=list[NodeStateOut])
+@router.get("/{deployment_id}/nodes", response_model=list[NodeStateOut], responses=errors(404, 422))
 def get_nodes(deployment_id: str, context: Context, caller: CallerDep) -> list[NodeStateOut]:
     """Every node's current record, in deployment order (others' error messages hidden)."""
     full = sees_details(caller, context.reader.deployment(deployment_id).user)
     return [node_state_out(n, full=full) for n in context.reader.nodes(deployment_id)]
 
 
-@router.get("/{deployment_id}/nodes/{node}", response_model=NodeDetailOut)
+@router.get(
+    "/{deployment_id}/nodes/{node}", response_model=NodeDetailOut, responses=errors(404, 422)
+)
 def get_node(deployment_id: str, node: str, context: Context, caller: CallerDep) -> NodeDetailOut:
     """One node's record and the states it went through (others' messages hidden)."""
     full = sees_details(caller, context.reader.deployment(deployment_id).user)
@@ -145,7 +152,11 @@ def get_node(deployment_id: str, node: str, context: Context, caller: CallerDep)
     return NodeDetailOut(**view.model_dump(), history=history)
 
 
-@router.get("/{deployment_id}/nodes/{node}/log", response_model=list[LogLineOut])
+@router.get(
+    "/{deployment_id}/nodes/{node}/log",
+    response_model=list[LogLineOut],
+    responses=errors(403, 404, 422),
+)
 def get_node_log(
     *,
     deployment_id: str,
@@ -159,7 +170,9 @@ def get_node_log(
     return _log(context, caller, deployment_id, node, after=after, limit=limit)
 
 
-@router.get("/{deployment_id}/log", response_model=list[LogLineOut])
+@router.get(
+    "/{deployment_id}/log", response_model=list[LogLineOut], responses=errors(403, 404, 422)
+)
 def get_log(
     deployment_id: str,
     context: Context,
@@ -171,7 +184,12 @@ def get_log(
     return _log(context, caller, deployment_id, None, after=after, limit=limit)
 
 
-@router.post("/{deployment_id}/cancel", status_code=202, response_model=DeploymentOut)
+@router.post(
+    "/{deployment_id}/cancel",
+    status_code=202,
+    response_model=DeploymentOut,
+    responses=BODY_ERRORS | errors(403, 404, 409),
+)
 def cancel_deployment(
     deployment_id: str,
     context: Context,

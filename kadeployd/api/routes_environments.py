@@ -18,7 +18,7 @@ from kadeployd.api import environments
 from kadeployd.api.auth import Caller, CallerDep, Context
 from kadeployd.api.context import ApiContext
 from kadeployd.api.errors import ApiError
-from kadeployd.api.responses import ERRORS
+from kadeployd.api.responses import BODY_ERRORS, ERRORS, errors
 from kadeployd.api.uploads import UploadInfo
 from kadeployd.environment import EnvironmentDescription
 from kadeployd.store.catalogue import EnvironmentExists, EnvironmentRecord, UnknownEnvironment
@@ -32,7 +32,12 @@ Name = Annotated[str, Path(max_length=64)]
 Version = Annotated[int, Path(ge=1, le=2**31)]
 
 
-@router.post("", status_code=201, response_model=EnvironmentOut)
+@router.post(
+    "",
+    status_code=201,
+    response_model=EnvironmentOut,
+    responses=BODY_ERRORS | errors(403, 404, 409),
+)
 def add_environment(
     body: EnvironmentCreate, context: Context, caller: CallerDep, response: Response
 ) -> EnvironmentOut:
@@ -65,7 +70,7 @@ def add_environment(
     return _out(record)
 
 
-@router.get("", response_model=list[EnvironmentOut])
+@router.get("", response_model=list[EnvironmentOut], responses=errors(422))
 def list_environments(
     context: Context,
     caller: CallerDep,
@@ -83,13 +88,13 @@ def list_environments(
     return [_out(r) for r in shown]
 
 
-@router.get("/{owner}/{name}", response_model=EnvironmentOut)
+@router.get("/{owner}/{name}", response_model=EnvironmentOut, responses=errors(404, 422))
 def show_latest(owner: Owner, name: Name, context: Context, caller: CallerDep) -> EnvironmentOut:
     """The latest version you may see."""
     return _out(_visible_record(context, caller, owner, name, None))
 
 
-@router.get("/{owner}/{name}/{version}", response_model=EnvironmentOut)
+@router.get("/{owner}/{name}/{version}", response_model=EnvironmentOut, responses=errors(404, 422))
 def show_version(
     owner: Owner, name: Name, version: Version, context: Context, caller: CallerDep
 ) -> EnvironmentOut:
@@ -97,7 +102,11 @@ def show_version(
     return _out(_visible_record(context, caller, owner, name, version))
 
 
-@router.patch("/{owner}/{name}/{version}", response_model=EnvironmentOut)
+@router.patch(
+    "/{owner}/{name}/{version}",
+    response_model=EnvironmentOut,
+    responses=BODY_ERRORS | errors(403, 404),
+)
 def change_visibility(
     *,
     owner: Owner,
@@ -116,7 +125,12 @@ def change_visibility(
     return _out(context.reader.environment(record.owner, record.name, record.version))
 
 
-@router.delete("/{owner}/{name}/{version}", status_code=204, response_class=Response)
+@router.delete(
+    "/{owner}/{name}/{version}",
+    status_code=204,
+    response_class=Response,
+    responses=errors(403, 404, 409, 422),
+)
 def delete_environment(
     owner: Owner, name: Name, version: Version, context: Context, caller: CallerDep
 ) -> Response:

@@ -43,7 +43,7 @@ from kadeployd.api.context import ApiContext
 from kadeployd.api.convert import sees_details
 from kadeployd.api.errors import ApiError
 from kadeployd.api.event_stream import KEEPALIVE_TEXT, StreamCursor, end_text, progress_event
-from kadeployd.api.responses import ERRORS
+from kadeployd.api.responses import ERRORS, errors
 from kadeployd.events import EVENT_TYPES, NodeLogged
 from kadeployd.store.records import DeploymentStatus
 
@@ -64,7 +64,10 @@ __all__ = ["progress_event", "router"]
 @router.get(
     "/{deployment_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "The event stream"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "The event stream"},
+        **errors(400, 403, 404, 422),
+    },
 )
 def deployment_events(
     *,

@@ -12,7 +12,7 @@ from kadeploy_core.schemas import EnvironmentSummary, NodeOut
 from kadeploy_core.suggest import did_you_mean
 from kadeployd.api.auth import CallerDep, Context
 from kadeployd.api.errors import ApiError
-from kadeployd.api.responses import ERRORS
+from kadeployd.api.responses import ERRORS, errors
 from kadeployd.config.model import Node
 from kadeployd.store.usage import NodeUsage
 
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"], responses=ERRORS)
 
 
-@router.get("", response_model=list[NodeOut])
+@router.get("", response_model=list[NodeOut], responses=errors(404, 422))
 def list_nodes(
     context: Context,
     caller: CallerDep,
@@ -43,7 +43,7 @@ def list_nodes(
     ]
 
 
-@router.get("/{name}", response_model=NodeOut)
+@router.get("/{name}", response_model=NodeOut, responses=errors(404, 422))
 def get_node(name: str, context: Context, caller: CallerDep) -> NodeOut:
     """One node."""
     nodes = context.config.nodes

@@ -43,7 +43,7 @@ from kadeployd.api.auth import Caller, CallerDep, Context
 from kadeployd.api.context import ApiContext
 from kadeployd.api.convert import deployment_out
 from kadeployd.api.errors import ApiError
-from kadeployd.api.responses import ERRORS
+from kadeployd.api.responses import BODY_ERRORS, ERRORS, errors
 from kadeployd.config import Node
 from kadeployd.environment import EnvironmentDescription
 from kadeployd.pxe.errors import PxeError
@@ -108,7 +108,11 @@ class PowerResultOut(BaseModel):
     cancelled: bool
 
 
-@router.post("/power", response_model=list[PowerResultOut])
+@router.post(
+    "/power",
+    response_model=list[PowerResultOut],
+    responses=BODY_ERRORS | errors(403, 409),
+)
 async def power(body: PowerRequestIn, context: Context, caller: CallerDep) -> list[PowerResultOut]:
     """Power nodes on or off, or read their power state (``status``)."""
     with _slot(context, caller):
@@ -138,7 +142,9 @@ def _slot(context: ApiContext, caller: Caller) -> AbstractContextManager[None]:
             "model": DeploymentOut,
             "description": "deploy_env, recorded_env: the operation started; follow it as a "
             "deployment",
-        }
+        },
+        **BODY_ERRORS,
+        **errors(403, 404, 409),
     },
 )
 async def reboot(

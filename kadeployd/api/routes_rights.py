@@ -18,7 +18,7 @@ from kadeploy_core.schemas import (
 from kadeployd.admission import known_nodes
 from kadeployd.api.auth import CallerDep, Context, require_admin
 from kadeployd.api.errors import ApiError
-from kadeployd.api.responses import ERRORS
+from kadeployd.api.responses import BODY_ERRORS, ERRORS, errors
 from kadeployd.store.rights import ANY
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/rights", tags=["rights"], responses=ERRORS)
 
 
-@router.get("", response_model=list[RightOut])
+@router.get("", response_model=list[RightOut], responses=errors(403, 422))
 def list_rights(
     context: Context,
     caller: CallerDep,
@@ -44,7 +44,7 @@ def list_rights(
     ]
 
 
-@router.post("", status_code=201, response_model=RightsChange)
+@router.post("", status_code=201, response_model=RightsChange, responses=BODY_ERRORS | errors(403))
 def grant_rights(body: RightsGrant, context: Context, caller: CallerDep) -> RightsChange:
     """Grant ``user`` the right to deploy ``nodes`` (or ``*``) on ``partitions`` (or ``*``)."""
     require_admin(caller, "grant rights")
@@ -56,7 +56,7 @@ def grant_rights(body: RightsGrant, context: Context, caller: CallerDep) -> Righ
     return RightsChange(changed=added)
 
 
-@router.delete("/{user}", response_model=RightsChange)
+@router.delete("/{user}", response_model=RightsChange, responses=errors(403, 422))
 def revoke_rights(
     user: Annotated[str, Path(max_length=64)],
     context: Context,

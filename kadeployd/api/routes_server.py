@@ -10,22 +10,22 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from kadeploy_core.schemas import HealthOut, ReloadOut, WhoAmI
+from kadeploy_core.schemas import HealthOut, LivenessOut, ReloadOut, WhoAmI
 from kadeployd import __version__
 from kadeployd.api.auth import Caller, CallerDep, Context, require_admin
 from kadeployd.api.context import ApiContext
-from kadeployd.api.responses import ERRORS
+from kadeployd.api.responses import ERRORS, errors
 from kadeployd.api.server import PEER_UID
 from kadeployd.api.tokens import TokenStoreError
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", tags=["server"], responses=ERRORS)
+router = APIRouter(prefix="/v1", tags=["server"], responses=errors(503))
 
 
 @router.get(
     "/health",
-    response_model=HealthOut,
+    response_model=HealthOut | LivenessOut,
     responses={200: {"description": 'Without a token, only `{"status": "ok"}`'}},
 )
 def health(context: Context, request: Request) -> HealthOut | JSONResponse:
@@ -67,13 +67,13 @@ def _viewer(context: ApiContext, request: Request) -> Caller | None:
     return None if user is None else Caller(user, context.is_admin(user))
 
 
-@router.get("/whoami", response_model=WhoAmI)
+@router.get("/whoami", response_model=WhoAmI, responses=ERRORS)
 def whoami(caller: CallerDep) -> WhoAmI:
     """The user your token belongs to."""
     return WhoAmI(user=caller.user, admin=caller.admin)
 
 
-@router.post("/server/reload", response_model=ReloadOut)
+@router.post("/server/reload", response_model=ReloadOut, responses=ERRORS | errors(403, 422))
 def reload(context: Context, caller: CallerDep) -> ReloadOut:
     """Re-read the configuration (as SIGHUP does); running deployments go on."""
     require_admin(caller, "reload the configuration")

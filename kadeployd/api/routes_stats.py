@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query
 
 from kadeploy_core.schemas import NodeStatsOut, StateDurationOut
 from kadeployd.api.auth import CallerDep, Context
-from kadeployd.api.responses import ERRORS
+from kadeployd.api.responses import ERRORS, errors
 from kadeployd.store.usage import StatsFilter
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def _selection(
 Selection = Annotated[StatsFilter, Depends(_selection)]
 
 
-@router.get("/nodes", response_model=list[NodeStatsOut])
+@router.get("/nodes", response_model=list[NodeStatsOut], responses=errors(422))
 def node_stats(
     *,
     context: Context,
@@ -57,7 +57,7 @@ def node_stats(
     ]
 
 
-@router.get("/states", response_model=list[StateDurationOut])
+@router.get("/states", response_model=list[StateDurationOut], responses=errors(422))
 def state_stats(
     *, context: Context, caller: CallerDep, selection: Selection
 ) -> list[StateDurationOut]:

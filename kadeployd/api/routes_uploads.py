@@ -17,7 +17,7 @@ from kadeploy_core.filenames import check_file_name
 from kadeploy_core.schemas import UploadOut
 from kadeployd.api.auth import CallerDep, Context
 from kadeployd.api.errors import ApiError
-from kadeployd.api.responses import ERRORS
+from kadeployd.api.responses import ERRORS, errors
 from kadeployd.api.uploads import (
     TooManyUploads,
     UploadError,
@@ -35,6 +35,7 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=ERRORS)
     "",
     status_code=201,
     response_model=UploadOut,
+    responses=errors(413, 422),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -94,7 +95,7 @@ def list_uploads(context: Context, caller: CallerDep) -> list[UploadOut]:
     return [_out(i) for i in context.uploads.uploads(caller.user)]
 
 
-@router.delete("/{upload_id}", status_code=204, response_class=Response)
+@router.delete("/{upload_id}", status_code=204, response_class=Response, responses=errors(404, 422))
 def delete_upload(upload_id: str, context: Context, caller: CallerDep) -> Response:
     """Drop an upload."""
     try:
