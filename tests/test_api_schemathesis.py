@@ -5,7 +5,8 @@ no node) and, for every operation, sends the document's examples, its boundary a
 unexpected-method cases and generated valid and invalid requests, over the daemon's Unix
 socket, once with an administrator's token and once with a plain user's. Each answer must be
 no server error, a status the operation documents, of a documented content type, matching
-the documented schema; a method an operation does not have is answered 405 with ``Allow``.
+the documented schema; a method an operation does not have is answered 405 with ``Allow``;
+a request the document says is invalid is refused (4xx).
 
 Half of the time a node, deployment, environment, user or upload parameter takes one of the
 daemon's real names (a deployment that ended, the public environment ``tiny``), so requests
@@ -30,6 +31,7 @@ from requests.adapters import HTTPAdapter
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
     response_schema_conformance,
     status_code_conformance,
     unsupported_method,
@@ -48,6 +50,7 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
     unsupported_method,
+    negative_data_rejection,
 ]
 NODES = ["n-1", "n-2", "n-3", "n-4"]
 KNOWN = 0.5

@@ -38,7 +38,9 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=ERRORS)
     responses=errors(413, 422),
     openapi_extra={
         "requestBody": {
-            "required": True,
+            # An empty file is a file: a request without a body stores one.
+            "required": False,
+            "description": "The file's bytes (none: an empty file)",
             "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
             },
