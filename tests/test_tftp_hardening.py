@@ -19,6 +19,7 @@ import pytest
 
 from kadeploy_testbed.tftpfetch import fetch
 from kadeployd.pxe import PxeFiles, TftpService
+from kadeployd.pxe.log_throttle import LogThrottle, held_note
 from kadeployd.pxe.tftp_loop import SessionLimits
 
 LOCAL = "127.0.0.1"
@@ -219,3 +220,30 @@ def test_the_total_cap_holds_over_many_clients(root: Path, kernel: bytes) -> Non
         for sock in socks:
             sock.close()
         service.stop()
+
+
+def test_a_flood_of_malformed_requests_writes_a_few_log_lines(
+    service: TftpService, kernel: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One line per client and interval, the others counted: a flood must not fill the log."""
+    with caplog.at_level(logging.WARNING, logger="kadeployd.pxe.tftp_loop"), client() as bad:
+        for _ in range(200):
+            bad.sendto(rrq(b"\xff\xfe"), (LOCAL, service.port))
+            error_of(bad.recvfrom(600)[0])  # each is still answered
+        with client() as sock:
+            assert download(sock, service.port, "kernel") == kernel
+    assert service.malformed == 200
+    lines = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert 1 <= len(lines) <= 2
+
+
+def test_the_log_throttle_counts_what_it_held_back() -> None:
+    """Pure logic, with a fake clock (the real-socket test is above)."""
+    now = [0.0]
+    throttle = LogThrottle(interval=10.0, clock=lambda: now[0])
+    assert throttle.allow("10.0.0.1") == 0
+    assert [throttle.allow("10.0.0.1") for _ in range(5)] == [None] * 5
+    assert throttle.allow("10.0.0.2") == 0  # another client has its own line
+    now[0] = 10.0
+    assert throttle.allow("10.0.0.1") == 5
+    assert held_note(5) == " (5 more like it since the last line)"

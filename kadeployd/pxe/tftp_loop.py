@@ -37,6 +37,8 @@ from tftpy.TftpPacketFactory import TftpPacketFactory
 from tftpy.TftpPacketTypes import TftpPacketERR, TftpPacketRRQ, TftpPacketWRQ
 from tftpy.TftpShared import MAX_BLKSIZE, TftpErrors, TftpException, TftpTimeoutExpectACK
 
+from kadeployd.pxe.log_throttle import LogThrottle, held_note
+
 logger = logging.getLogger(__name__)
 
 _MAIN = "main"
@@ -94,6 +96,7 @@ class TftpLoop:
         self._retries = retries
         self._limits = limits
         self._factory = TftpPacketFactory()
+        self._log_throttle = LogThrottle()
         self._sessions: dict[tuple[str, int], TftpContextServer] = {}
         self._per_client: collections.Counter[str] = collections.Counter()
         self._stopping = False
@@ -168,7 +171,13 @@ class TftpLoop:
             packet = self._factory.parse(buffer)
         except Exception as err:  # any malformed datagram: refuse, carry on
             self.malformed += 1
-            logger.warning("TFTP malformed request from %s:%d: %s", *client, _reason(err))
+            if (held := self._log_throttle.allow(client[0])) is not None:
+                logger.warning(
+                    "TFTP malformed request from %s:%d: %s%s",
+                    *client,
+                    _reason(err),
+                    held_note(held),
+                )
             if buffer[:2] != b"\x00\x05":  # never answer an error with an error
                 self._reply(
                     self._sock, client, error_datagram(TftpErrors.IllegalTftpOp, "bad request")
@@ -207,7 +216,9 @@ class TftpLoop:
                 flock=False,
             )
         except OSError as err:  # out of sockets or files: the client retries later
-            logger.warning("TFTP request from %s:%d dropped: %s", *client, err)
+            if (held := self._log_throttle.allow(client[0])) is not None:
+                note = held_note(held)
+                logger.warning("TFTP request from %s:%d dropped: %s%s", *client, err, note)
             self._reply(self._sock, client, error_datagram(TftpErrors.NotDefined, "server busy"))
             return
         context.sock.setblocking(False)
@@ -275,7 +286,10 @@ class TftpLoop:
             return
         except Exception as err:  # a malformed packet must not reach the loop
             self.malformed += 1
-            logger.warning("TFTP malformed packet from %s:%d: %s", *client, _reason(err))
+            if (held := self._log_throttle.allow(client[0])) is not None:
+                logger.warning(
+                    "TFTP malformed packet from %s:%d: %s%s", *client, _reason(err), held_note(held)
+                )
             self._send_error(context, client, TftpErrors.IllegalTftpOp, "malformed packet")
             self._end(client, "malformed packet")
             return
