@@ -1,6 +1,21 @@
-"""Helpers the benchmark scripts share: printing a table and writing it as markdown."""
+"""Helpers the benchmark scripts share: printing a table, writing it as markdown, and
+unwinding on SIGTERM."""
 
 from __future__ import annotations
+
+import signal
+
+
+def unwind_on_signals() -> None:
+    """SIGTERM and SIGINT unwind like Ctrl-C (KeyboardInterrupt), so that whatever a benchmark
+    started (daemons, testbeds, temp dirs) is removed on the way out, also when it was started
+    from a shell that ignores SIGINT in background jobs."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def print_table(rows: list[list[str]]) -> None:

@@ -62,6 +62,7 @@ from typing import IO, Any
 
 import pykka
 import yaml
+from _common import unwind_on_signals
 from _testbed import (
     BenchError,
     CpuSampler,
@@ -742,14 +743,9 @@ def _run_in(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], int]
     return results, size
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C, so the testbed is taken down on the way out."""
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    unwind_on_signals()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -63,6 +63,7 @@ from typing import Any
 import httpx
 from _common import markdown_table as _markdown
 from _common import print_table as _print_table
+from _common import unwind_on_signals
 from _scale_config import node_names, write_dummy_config, write_environment
 from _testbed import BenchError, CpuSampler, machine
 
@@ -787,16 +788,9 @@ def run(args: argparse.Namespace) -> list[Result]:
     return results
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C, so the daemon is stopped on the way out."""
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    # Also when started from a shell that ignores SIGINT in background jobs.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    unwind_on_signals()
     when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     command = shlex.join(["python", "bench/control_plane.py", *(argv or sys.argv[1:])])
     host = machine()

@@ -73,6 +73,7 @@ from typing import Any
 import httpx
 from _common import markdown_table as _markdown
 from _common import print_table as _print_table
+from _common import unwind_on_signals
 from _testbed import BenchError, CpuSampler, free_udp_port, machine, rate_bits
 from control_plane import (
     START_TIMEOUT,
@@ -793,15 +794,9 @@ def run(args: argparse.Namespace) -> list[Result]:
     return results
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C, so the daemon and the testbed are removed on the way out."""
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    unwind_on_signals()
     if os.geteuid() != 0:
         print("bench/e2e.py: run as root (the testbed needs namespaces, mounts)", file=sys.stderr)
         return 1

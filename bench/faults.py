@@ -81,7 +81,7 @@ from typing import Any
 import httpx
 import yaml
 import zstandard
-from _common import markdown_table, print_table
+from _common import markdown_table, print_table, unwind_on_signals
 from _scale_config import write_dummy_config
 from _testbed import BenchError, CpuSampler, machine
 from control_plane import START_TIMEOUT, USER, Daemon, make_token, running_daemon, wait_for_api
@@ -1003,15 +1003,9 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Outcome]:
     return outcomes
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C, so everything started is removed on the way out."""
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    unwind_on_signals()
     if os.geteuid() != 0:
         print(
             "bench/faults.py: run as root (the testbed needs namespaces, mounts)", file=sys.stderr

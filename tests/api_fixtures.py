@@ -6,7 +6,7 @@ import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from kadeployd.daemon import Daemon
 
 ADMIN = "root"
 USERS = ("root", "alice", "bob")
+BOB_ON_N4 = {"user": "bob", "nodes": ["n-4"], "partitions": ["3"]}
+"""A right on one partition of one node: enough to ask for force, not to take others' nodes."""
 
 
 def short_dir() -> Path:
@@ -101,20 +103,27 @@ def start_api(conf: Path, socket_path: Path) -> RunningApi:
 
 @contextlib.contextmanager
 def serving_api(
-    base: Path, *, daemon_extra: str = "", environment: bool = True
+    base: Path,
+    *,
+    daemon_extra: str = "",
+    environment: bool = True,
+    overrides: dict[int, str] | None = None,
+    rights: Sequence[dict[str, Any]] = (),
 ) -> Iterator[RunningApi]:
-    """A daemon and its API on the dummy config under ``base``, alice allowed on every node
-    and, with ``environment``, the tar environment 'tiny' registered public; everything is
-    stopped and removed on exit."""
+    """A daemon and its API on the dummy config under ``base`` (with per-node YAML
+    ``overrides``), alice allowed on every node, the other ``rights`` granted and, with
+    ``environment``, the tar environment 'tiny' registered public; everything is stopped and
+    removed on exit."""
     directory = short_dir()
     socket_path = directory / "api.sock"
     running = start_api(
-        api_config(base / "conf", socket_path, daemon_extra=daemon_extra), socket_path
+        api_config(base / "conf", socket_path, overrides, daemon_extra=daemon_extra), socket_path
     )
     try:
         root = running.client("root")
-        granted = root.post("/v1/rights", json={"user": "alice", "nodes": ["*"]})
-        assert granted.status_code == 201, granted.text
+        for body in ({"user": "alice", "nodes": ["*"]}, *rights):
+            granted = root.post("/v1/rights", json=body)
+            assert granted.status_code == 201, granted.text
         if environment:
             answer = register(root, make_tar_environment(base), visibility="public")
             assert answer.status_code == 201, answer.text

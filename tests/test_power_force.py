@@ -10,14 +10,17 @@ anyone's.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import pykka
 import pytest
-from api_fixtures import RunningApi, api_config, error_of, register, short_dir, start_api
-from daemon_fixtures import make_tar_environment, wait_until
+from api_fixtures import (
+    BOB_ON_N4,
+    RunningApi,
+    error_of,
+    serving_api,
+)
+from daemon_fixtures import wait_until
 from test_daemon_actors import processes_with, slow
 
 MARKER = f"kadeploy-test-power-force-{os.getpid()}"
@@ -33,25 +36,12 @@ automata:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[RunningApi]:
-    directory = short_dir()
-    socket_path = directory / "api.sock"
+    """alice may use every node, bob only partition 3 of n-4, whose reboot never ends."""
     override = HELD.format(slow=slow(MARKER), off=tmp_path / "powered-off")
-    running = start_api(api_config(tmp_path / "conf", socket_path, {4: override}), socket_path)
     try:
-        root = running.client("root")
-        for body in [
-            {"user": "alice", "nodes": ["*"]},
-            {"user": "bob", "nodes": ["n-4"], "partitions": ["3"]},
-        ]:
-            granted = root.post("/v1/rights", json=body)
-            assert granted.status_code == 201, granted.text
-        answer = register(root, make_tar_environment(tmp_path), visibility="public")
-        assert answer.status_code == 201, answer.text
-        yield running
+        with serving_api(tmp_path, overrides={4: override}, rights=[BOB_ON_N4]) as running:
+            yield running
     finally:
-        running.stop()
-        pykka.ActorRegistry.stop_all(timeout=10)
-        shutil.rmtree(directory, ignore_errors=True)
         wait_until(lambda: not processes_with(MARKER), 20, "the hanging reboot to be killed")
 
 
