@@ -15,12 +15,10 @@ database), so a bad start-up fails at once with a clear message and exit status 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import logging
 import math
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -41,8 +39,8 @@ from kadeployd.pxe import user_profiles
 from kadeployd.pxe.actor import PxeActor
 from kadeployd.pxe.user_profiles import UserProfile
 from kadeployd.reboot.actor import RebootActor
-from kadeployd.reboot.jobs import RebootResult, ReplyTo, not_run
-from kadeployd.reboot.levels import LEVELS, PowerAction, RebootLevel, stronger_level
+from kadeployd.reboot.jobs import ReplyTo
+from kadeployd.reboot.levels import PowerAction, RebootLevel
 from kadeployd.runtime import Workers
 from kadeployd.store.actor import StoreActor
 from kadeployd.store.connection import database_path
@@ -200,31 +198,6 @@ class Daemon:
         )
         return cancelled
 
-    def power(self, nodes: Sequence[Node], action: PowerAction) -> list[RebootResult]:
-        """Run ``action`` (on, off, status) on ``nodes`` through the RebootActor and wait for
-        every answer (bounded); one result per node, in order. Called from an API thread."""
-        return self._power_requests(nodes, PowerAction(action))
-
-    def reboot(self, nodes: Sequence[Node], level: RebootLevel) -> list[RebootResult]:
-        """Reboot ``nodes`` at ``level`` (or the next configured one) and wait for every answer
-        (bounded); one result per node, in order. Called from an API thread.
-
-        A reboot command that fails is followed at once by the next stronger one (soft, hard,
-        very hard), its failure kept in the result's message as the evidence."""
-        results = self._power_requests(nodes, RebootLevel(level))
-        for _round in LEVELS[1:]:
-            failed: dict[RebootLevel, list[int]] = {}
-            for index, result in enumerate(results):
-                if (stronger := _escalation(nodes[index], result)) is not None:
-                    failed.setdefault(stronger, []).append(index)
-            for stronger, indexes in failed.items():
-                again = self._power_requests([nodes[i] for i in indexes], stronger)
-                for index, result in zip(indexes, again, strict=True):
-                    evidence = results[index].message
-                    message = f"{evidence}; escalated: {result.message}"
-                    results[index] = dataclasses.replace(result, message=message)
-        return results
-
     def set_pxe(
         self, nodes: Sequence[Node], profile: UserProfile, files: Mapping[str, Path]
     ) -> list[str]:
@@ -247,47 +220,14 @@ class Daemon:
         return paths
 
     def power_wait(self, nodes: Sequence[Node]) -> float:
-        """How long :meth:`power` waits for ``nodes``: their longest command timeout per batch
-        of the reboot window, the pauses between batches, and a margin."""
+        """How long a power or reboot request waits for ``nodes`` (kadeployd/api/power_wait.py):
+        their longest command timeout per batch of the reboot window, the pauses between
+        batches, and a margin."""
         settings = self.config.daemon
         batches = math.ceil(len(nodes) / settings.reboot_window) if nodes else 0
         longest = max((float(n.settings.power.command_timeout) for n in nodes), default=0.0)
         pauses = max(batches - 1, 0) * settings.reboot_window_sleep
         return batches * longest + pauses + POWER_MARGIN
-
-    def _power_requests(
-        self, nodes: Sequence[Node], operation: PowerAction | RebootLevel
-    ) -> list[RebootResult]:
-        """Submit one request per node, then wait on an Event (in the caller's thread, never in
-        an actor) until every result is in; requests unanswered at the deadline are cancelled
-        and reported as such."""
-        if not nodes:
-            return []
-        results: dict[str, RebootResult] = {}
-        lock = threading.Lock()
-        done = threading.Event()
-
-        def reply(result: RebootResult) -> None:  # a worker or the actor's thread: no blocking
-            with lock:
-                results[result.node.name] = result
-                if len(results) == len(nodes):
-                    done.set()
-
-        wait = self.power_wait(nodes)
-        ids = self.submit_power(nodes, operation, reply)
-        if not done.wait(wait):
-            with lock:
-                missing = [ids[n.name] for n in nodes if n.name not in results]
-            for request_id in missing:
-                logger.warning("request %s: no answer in %.0f s: cancelling", request_id, wait)
-                self.cancel_power(request_id)
-            done.wait(CANCEL_GRACE)
-        with lock:
-            return [
-                results.get(node.name)
-                or not_run(ids[node.name], node, operation, f"no answer within {wait:.0f} s")
-                for node in nodes
-            ]
 
     def submit_power(
         self, nodes: Sequence[Node], operation: PowerAction | RebootLevel, reply: ReplyTo
@@ -372,10 +312,3 @@ class Daemon:
         for ref in pykka.ActorRegistry.get_all():
             logger.error("actor still alive after shutdown (a bug): %s", ref)
         return outcome
-
-
-def _escalation(node: Node, result: RebootResult) -> RebootLevel | None:
-    """The reboot to run after ``result``, a reboot whose command ran and failed."""
-    if result.ok or result.cancelled or result.command is None:
-        return None
-    return stronger_level(node.settings.power, RebootLevel(result.operation))

@@ -8,6 +8,7 @@ permanent actors.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from daemon_fixtures import (
 )
 from pykka.messages import ProxyCall
 
+from kadeployd.api import power_wait
 from kadeployd.daemon import Daemon
 from kadeployd.environment import load_environment
 from kadeployd.reboot.levels import RebootLevel
@@ -284,7 +286,7 @@ def test_kareboot_escalates_a_failed_command_to_the_next_stronger_reboot(tmp_pat
     )
     try:
         nodes = [daemon.config.nodes[name] for name in ("n-1", "n-2")]
-        first, second = daemon.reboot(nodes, RebootLevel.SOFT)
+        first, second = asyncio.run(power_wait.reboot(daemon, nodes, RebootLevel.SOFT))
         assert first.ok
         assert first.operation == RebootLevel.HARD
         assert "Permission denied" in first.message

@@ -82,13 +82,14 @@ def slots_of(context: ApiContext) -> PowerSlots:
 
 
 async def power(daemon: Daemon, nodes: Sequence[Node], action: PowerAction) -> list[RebootResult]:
-    """``Daemon.power``, awaited: one result per node, in order."""
+    """Run ``action`` (on, off, status) on ``nodes`` through the RebootActor, awaited: one
+    result per node, in order."""
     return await _requests(daemon, nodes, PowerAction(action))
 
 
 async def reboot(daemon: Daemon, nodes: Sequence[Node], level: RebootLevel) -> list[RebootResult]:
-    """``Daemon.reboot``, awaited: a failed reboot command is followed by the next stronger
-    one, its failure kept in the result's message as the evidence."""
+    """Reboot ``nodes`` at ``level``, awaited: a failed reboot command is followed by the
+    next stronger one, its failure kept in the result's message as the evidence."""
     results = await _requests(daemon, nodes, RebootLevel(level))
     for _round in LEVELS[1:]:
         failed: dict[RebootLevel, list[int]] = {}
