@@ -62,6 +62,8 @@ from typing import IO, Any
 
 import pykka
 import yaml
+from _common import markdown_table as _markdown
+from _common import print_table as _print_table
 from _common import unwind_on_signals
 from _testbed import (
     BenchError,
@@ -541,18 +543,6 @@ def _growth(results: list[Result], methods: list[str], low: int, high: int) -> l
                 f"{method}: transfer(N={high}) / transfer(N={low}) = {big / small:.3f}{steps}"
             )
     return out
-
-
-def _print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
-
-
-def _markdown(rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
-    return lines
 
 
 def _parse_nodes(text: str) -> list[int]:
