@@ -263,6 +263,23 @@ def pump(splicer: Splicer, feed: Feed, writer: Writer, ring: memoryview) -> list
         received += got
 
 
+def pump_through(splicer: Splicer, data: bytes, out: Path) -> list[int]:
+    """Stream ``data`` through ``splicer`` into a ring and a real writer storing ``out``; both
+    must hold exactly ``data``. The bytes queued for the writer by each piece."""
+    feed = Feed(data)
+    writer = Writer(raw_writer(out))
+    ring = memoryview(bytearray(len(data)))
+    try:
+        queued = pump(splicer, feed, writer, ring)
+        assert writer.finish(WAIT, lambda seconds: None) == 0
+    finally:
+        feed.close()
+        splicer.close()
+    assert bytes(ring) == data
+    assert out.read_bytes() == data
+    return queued
+
+
 @pytest.mark.parametrize("tee_limit", [None, 5000], ids=["whole-pieces", "short-tee"])
 def test_splicer_gives_ring_and_writer_exactly_the_stream(
     tmp_path: Path, tee_limit: int | None
@@ -278,17 +295,7 @@ def test_splicer_gives_ring_and_writer_exactly_the_stream(
             return real_tee(fd_in, fd_out, min(count, limit), flags)
 
     splicer = Splicer(tee)
-    feed = Feed(data)
-    writer = Writer(raw_writer(tmp_path / "out"))
-    ring = memoryview(bytearray(len(data)))
-    try:
-        queued = pump(splicer, feed, writer, ring)
-        assert writer.finish(WAIT, lambda seconds: None) == 0
-    finally:
-        feed.close()
-        splicer.close()
-    assert bytes(ring) == data
-    assert (tmp_path / "out").read_bytes() == data
+    queued = pump_through(splicer, data, tmp_path / "out")
     assert sum(queued) > 0
     if tee_limit is not None:
         assert max(queued) == tee_limit  # the rest of each piece went by write(2)
@@ -300,24 +307,16 @@ def test_a_failed_tee_still_receives_and_says_why(tmp_path: Path) -> None:
         ctypes.set_errno(errno.EINVAL)
         return -1
 
-    data = os.urandom(2 * MIB)
     splicer = Splicer(failing_tee)
-    feed = Feed(data)
-    writer = Writer(raw_writer(tmp_path / "out"))
-    ring = memoryview(bytearray(len(data)))
-    try:
-        queued = pump(splicer, feed, writer, ring)
-        assert writer.finish(WAIT, lambda seconds: None) == 0
-    finally:
-        feed.close()
-        splicer.close()
+    queued = pump_through(splicer, os.urandom(2 * MIB), tmp_path / "out")
     assert set(queued) == {0}
     assert splicer.error == "tee failed: Invalid argument"
-    assert bytes(ring) == data
-    assert (tmp_path / "out").read_bytes() == data
 
 
 def test_splicer_refuses_to_start_without_splice_or_tee(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pure logic of the constructor's guard; real relays started without os.splice or with a
+    failing tee copy and deliver the same bytes in
+    test_a_relay_that_cannot_splice_copies_and_delivers_the_same_bytes above."""
     monkeypatch.setattr(relay_module, "libc_tee", lambda: None)
     with pytest.raises(OSError, match="no tee"):
         Splicer()
