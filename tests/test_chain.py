@@ -453,7 +453,7 @@ def test_relay_reports_an_unflushable_path_and_still_delivers(
     output = tmp_path / "out"
     secret = new_secret()
     missing = tmp_path / "no-such-dir"
-    relay = relays.start("unflushable", raw_writer(output), secret, flush=str(missing))
+    relay = relays.start("unflushable", raw_writer(output), secret, flush=str(missing), flush_mib=2)
 
     result = send_chain(image, [relay.wait_listening()], secret)
 
@@ -461,6 +461,23 @@ def test_relay_reports_an_unflushable_path_and_still_delivers(
     assert relay.wait_exit() == 0
     assert sha256_of(output) == sha256_of(image)
     assert f"cannot open {missing} to flush it" in relay.stderr_path.read_text()
+
+
+def test_the_flushed_path_may_be_made_by_the_writer(relays: RelayFactory, tmp_path: Path) -> None:
+    """The daemon's tar writer mounts the deploy partition itself, after the relay started:
+    the relay opens the path to flush only once the writer has had data."""
+    image = random_file(tmp_path / "image.raw", 8 * MIB)
+    made = tmp_path / "made-by-the-writer"
+    writer = ["sh", "-c", 'mkdir "$1" && exec cat > "$1/image.raw"', "sh", str(made)]
+    secret = new_secret()
+    relay = relays.start("mounting", writer, secret, flush=str(made), flush_mib=2)
+
+    result = send_chain(image, [relay.wait_listening()], secret)
+
+    assert result.failures([f"127.0.0.1:{relay.port}"]) == {}
+    assert relay.wait_exit() == 0
+    assert sha256_of(made / "image.raw") == sha256_of(image)
+    assert "flush" not in relay.stderr_path.read_text()
 
 
 def test_relays_without_a_digest_leave_the_check_to_the_decompressor(

@@ -525,6 +525,12 @@ class Flusher:
         self.stopping.set()
 
     def _run(self) -> None:
+        # PATH is opened once the writer had enough to flush, not before: the writer may
+        # mount it first.
+        while self.fed < self.every and not self.stopping.wait(0.2):
+            pass
+        if self.fed < self.every:
+            return
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
@@ -533,10 +539,11 @@ class Flusher:
         try:
             flush = os.fsync if stat.S_ISBLK(os.fstat(fd).st_mode) else syncfs
             flushed = 0
-            while not self.stopping.wait(0.2):
+            while not self.stopping.is_set():
                 if self.fed - flushed >= self.every:
                     flushed = self.fed
                     flush(fd)
+                self.stopping.wait(0.2)
         except OSError as exc:
             self.log(f"flushing {self.path} failed, left to umount: {exc}")
         finally:
