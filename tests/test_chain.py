@@ -24,6 +24,7 @@ from chain_fixtures import (
     PYTHON,
     WAIT,
     RelayFactory,
+    RelayProcess,
     raw_writer,
     relays,
     slow_writer,
@@ -198,16 +199,31 @@ def test_four_hop_chain_unpacks_a_zstd_tar(relays: RelayFactory, tmp_path: Path)
         assert os.readlink(target / "link") == "etc/os-release"
 
 
+DIGESTS = pytest.mark.parametrize(
+    "digest", [True, False], ids=["sha256", "no-digest-page-references"]
+)
+"""A middle relay with a digest keeps its ring in memory; without one (an image that checks
+itself), its ring and its successor's share are pipes of page references (PipeRing)."""
+
+
+def _page_references(relay: RelayProcess, digest: bool) -> bool:
+    return ("page references" in relay.stderr_path.read_text()) != digest
+
+
+@DIGESTS
 @pytest.mark.parametrize("victim", [0, 1], ids=["first-hop", "second-hop"])
 def test_killed_hop_is_cut_out_and_the_rest_finish(
-    relays: RelayFactory, tmp_path: Path, victim: int
+    relays: RelayFactory, tmp_path: Path, victim: int, digest: bool
 ) -> None:
     size = 48 * MIB
     image = random_file(tmp_path / "image.raw", size)
     secret = new_secret()
-    hops, outputs = start_chain(relays, tmp_path, 4, secret, ring_mib=40, progress_interval=0.05)
+    hops, outputs = start_chain(
+        relays, tmp_path, 4, secret, ring_mib=40, progress_interval=0.05, digest=digest
+    )
     pause = Pause(at=size // 3)
-    sender = ChainSender(image, hops, secret, stall_timeout=30, checkpoint=pause)
+    sha = None if digest else ""
+    sender = ChainSender(image, hops, secret, stall_timeout=30, checkpoint=pause, source_sha256=sha)
     running = Background(sender)
     assert pause.reached.wait(WAIT)
     wait_until(lambda: relays.started[-1].progress() > 0, what="the stream reaching the tail")
@@ -226,26 +242,38 @@ def test_killed_hop_is_cut_out_and_the_rest_finish(
     result = running.join()
 
     source = sha256_of(image)
-    assert result.sha256 == source
+    assert result.sha256 == (source if digest else "")
     failures = result.failures([hop.address for hop in hops])
     assert list(failures) == [hops[victim].address]
     assert hops[victim].address in result.dead
     for index, output in enumerate(outputs):
         if index != victim:
             assert sha256_of(output) == source
+    # The hops before the tail forwarded; the one before the victim caught its new
+    # successor up from its ring.
+    assert all(_page_references(relays.started[i], digest) for i in range(3) if i != victim)
 
 
-def test_stalled_hop_is_detected_and_cut_out(relays: RelayFactory, tmp_path: Path) -> None:
+@DIGESTS
+def test_stalled_hop_is_detected_and_cut_out(
+    relays: RelayFactory, tmp_path: Path, digest: bool
+) -> None:
     size = 32 * MIB
     image = random_file(tmp_path / "image.raw", size)
     secret = new_secret()
     hops, outputs = start_chain(
-        relays, tmp_path, 4, secret, stall_timeout=2, progress_interval=0.05
+        relays, tmp_path, 4, secret, stall_timeout=2, progress_interval=0.05, digest=digest
     )
     pause = Pause(at=size // 4)
     events: list[ChainEvent] = []
     sender = ChainSender(
-        image, hops, secret, stall_timeout=2, checkpoint=pause, on_event=events.append
+        image,
+        hops,
+        secret,
+        stall_timeout=2,
+        checkpoint=pause,
+        on_event=events.append,
+        source_sha256=None if digest else "",
     )
     running = Background(sender)
     assert pause.reached.wait(WAIT)
@@ -262,6 +290,7 @@ def test_stalled_hop_is_detected_and_cut_out(relays: RelayFactory, tmp_path: Pat
     source = sha256_of(image)
     for index in (0, 1, 3):
         assert sha256_of(outputs[index]) == source
+    assert _page_references(relays.started[1], digest)
 
 
 def closed_by_peer(sock: socket.socket) -> bool:
