@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -172,6 +172,21 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def trace(self, write: Callable[[str], None]) -> None:
+        """Report each request and its answer's status through ``write`` (Kadeploy3's ``-H``);
+        never the headers, which hold the token."""
+
+        def sent(request: httpx.Request) -> None:
+            write(f"-> {request.method} {request.url}")
+
+        def answered(response: httpx.Response) -> None:
+            request = response.request
+            status = f"{response.status_code} {response.reason_phrase}"
+            write(f"<- {status} ({request.method} {request.url})")
+
+        self._http.event_hooks["request"].append(sent)
+        self._http.event_hooks["response"].append(answered)
 
     # ------------------------------------------------------------ requests
 

@@ -225,7 +225,7 @@ def main(**options: Any) -> None:
             sys.exit(_follow_existing(client, options))
     refs = node_refs(options["nodefile"], options["machines"])
     _check_environment_options(options)
-    key_file = _key_file(options["key"])
+    key_file = key_file_of(options["key"])
     _check_breakpoint(options["breakpoint"])
     _check_block_device(options["block_device"])
     steps = custom_steps.load(options["custom_steps"]) if options["custom_steps"] else None
@@ -287,7 +287,7 @@ def _check_block_device(device: str | None) -> None:
         )
 
 
-def _key_file(key: str | None) -> Path | None:
+def key_file_of(key: str | None) -> Path | None:
     """The file of ``-k``: the one given, or the user's usual keys."""
     if key is None:
         return None
@@ -338,15 +338,15 @@ def _create(
     steps: custom_steps.LocalSteps | None = None,
 ) -> dict[str, Any]:
     with deleted_on_failure(client) as made:  # a refused request leaves no upload behind
-        body = _body(client, options, refs, key_file, steps, made=made)
+        body = request_body(client, options, refs, key_file, steps, made=made)
         try:
             deployment: dict[str, Any] = client.post("/v1/deployments", body)
         except ApiFailure as exc:
-            raise _located(exc, refs) from None
+            raise located_failure(exc, refs) from None
     return deployment
 
 
-def _body(
+def request_body(
     client: Client,
     options: dict[str, Any],
     refs: list[NodeRef],
@@ -384,7 +384,7 @@ def _body(
     return body
 
 
-def _located(exc: ApiFailure, refs: list[NodeRef]) -> CliError:
+def located_failure(exc: ApiFailure, refs: list[NodeRef]) -> CliError:
     """The server's error, each node problem pointing at the nodefile line or -m it came from."""
     located = []
     for detail in exc.raw_details:

@@ -161,8 +161,8 @@ def main(
     uploads: dict[str, Path] = {}
     if kind == "set_pxe":
         assert profile is not None
-        body["profile"] = _read_profile(profile)
-        uploads = _pxe_files(pxe_files)
+        body["profile"] = read_profile(profile)
+        uploads = pxe_files_of(pxe_files)
     sys.exit(power.run("/v1/reboots", body, targets, uploads=uploads, profile_file=profile))
 
 
@@ -182,7 +182,7 @@ def _check_options(kind: str, given: dict[str, Any]) -> None:
         raise UsageProblem("-r set_pxe needs -w FILE: the PXE profile to write for the nodes")
 
 
-def _read_profile(path: Path) -> str:
+def read_profile(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -203,7 +203,7 @@ def _read_profile(path: Path) -> str:
     return text
 
 
-def _pxe_files(values: tuple[str, ...]) -> dict[str, Path]:
+def pxe_files_of(values: tuple[str, ...]) -> dict[str, Path]:
     """``-x`` values (repeatable, comma lists) -> {name on the server: local path}."""
     files: dict[str, Path] = {}
     for value in values:
