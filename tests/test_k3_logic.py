@@ -207,7 +207,7 @@ def test_progress_lines_follow_the_verbose_level() -> None:
                 "at": 101.0,
             }
         )
-        progress.log({"node": "n-1", "stream": "stdout", "text": "mkfs done\n"})
+        progress.log({"node": "n-1", "stream": "stdout", "text": "mkfs done\nexit 0\n"})
         progress.state({"node": "n-1", "state": "deployed", "at": 142.4})
         progress.state(
             {
@@ -235,7 +235,7 @@ def test_progress_lines_follow_the_verbose_level() -> None:
     assert "[n-1] mkfs done" in lines(5)
     debug = io.StringIO()
     assert not any("mkfs" in line for line in lines(3, debug))
-    assert debug.getvalue() == "[dbg] [n-1] mkfs done\n"
+    assert debug.getvalue() == "[dbg] [n-1] mkfs done\n[dbg] [n-1] exit 0\n"
 
 
 def test_no_wait_urls() -> None:

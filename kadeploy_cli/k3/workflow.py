@@ -326,13 +326,17 @@ class Progress:
             self._print(4, f"  * {node}: {state}")
 
     def log(self, event: dict[str, Any]) -> None:
-        """A line of a node's command output: ``[dbg]`` with ``-d``, else at ``-V 5``."""
-        text = str(event.get("text", "")).rstrip("\n")
-        line = f"[{event.get('node')}] {text}"
+        """A piece of a node's log: ``[dbg]`` lines with ``-d``, else plain ones at ``-V 5``;
+        every line of it prefixed (a command's text spans several)."""
+        node = event.get("node")
+        texts = str(event.get("text", "")).splitlines() or [""]
+        lines = "\n".join(f"[{node}] {text}" for text in texts)
         if self._debug is not None:
-            self._printer.line(f"[dbg] {line}", stream=self._debug)
+            self._printer.line(
+                "\n".join(f"[dbg] {line}" for line in lines.split("\n")), stream=self._debug
+            )
         elif self._verbose >= 5:
-            self._printer.line(line)
+            self._printer.line(lines)
 
     def done(self) -> None:
         """The last line of the server's log."""
