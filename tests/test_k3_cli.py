@@ -338,3 +338,67 @@ def test_kareboot3_set_pxe_pattern_gives_each_node_its_value(cli_server: CliServ
     )  # fmt: skip
     assert missing.returncode == 1
     assert "--set-pxe-pattern: no value for the nodes n-2" in missing.stderr
+
+
+def no_wait(server: CliServer, *args: str) -> str:
+    """``kadeploy3 ARGS --no-wait``; the deployment's id."""
+    result = server.run("kadeploy3", *args, "--no-wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.split()[0]
+
+
+def test_the_options_the_server_already_had_reach_it(cli_server: CliServer, tmp_path: Path) -> None:
+    steps = tmp_path / "steps.yaml"
+    steps.write_text(
+        "BootNewEnvDummy:\n  nothing:\n    pre-ops:\n      - {action: exec, name: hi, command: 'true'}\n"
+    )
+    anonymous = make_tar_environment(tmp_path, name="anon")
+    with cli_server.api("alice") as alice:
+        registered = wait_finished(
+            alice,
+            no_wait(
+                cli_server, "-m", "n-1", "-e", "tiny", "-u", "root", "--env-version", "1",
+                "-b", "/dev/vdz", "-p", "3", "-k", "--breakpoint", "BroadcastEnv",
+                "--custom-steps", str(steps),
+            ),
+        )  # fmt: skip
+        options = registered["options"]
+        assert (options["block_device"], options["keys"]) == ("/dev/vdz", True), options
+        assert "3" in str(options["deploy_partition"]) and "BroadcastEnv" in options["breakpoint"]
+        assert options["custom_steps"], options
+        assert registered["environment"] == {"name": "tiny", "version": 1, "anonymous": False}
+        anon_id = cli_server.run(
+            "kadeploy3", "-f", "-", "-a", str(anonymous), "--min-deployed-nodes", "1", "--no-wait",
+            stdin="n-2\nn-3\n",
+        )  # fmt: skip
+        assert anon_id.returncode == 0, anon_id.stderr
+        anon = wait_finished(alice, anon_id.stdout.split()[0])
+        assert anon["environment"]["anonymous"] is True and anon["min_nodes"] == 1
+        assert anon["node_count"] == 2
+
+
+def test_force_takes_a_node_a_running_deployment_holds(cli_server: CliServer) -> None:
+    first = no_wait(cli_server, "-m", SLOW_NODE, "-e", "tiny")
+    wait_until(lambda: processes_with(cli_server.marker), 30, f"{SLOW_NODE}'s reboot to hang")
+    refused = cli_server.run("kadeploy3", "-m", SLOW_NODE, "-e", "tiny")
+    assert refused.returncode == 14, refused.stdout + refused.stderr
+    assert refused.stderr.rstrip().endswith("[Kadeploy Error #14]")
+    forced = no_wait(cli_server, "-m", SLOW_NODE, "-e", "tiny", "--force")
+    with cli_server.api("alice") as alice:
+        for ident in (forced, first):
+            alice.post(f"/v1/deployments/{ident}/cancel")
+            assert wait_finished(alice, ident)["status"] != "running"
+    wait_until(lambda: not processes_with(cli_server.marker), 30, "the reboots to be killed")
+
+
+def test_the_verbose_level_chooses_the_progress_lines(cli_server: CliServer) -> None:
+    quiet = cli_server.run("kadeploy3", "-m", "n-3", "-e", "tiny", "-V", "0")
+    chatty = cli_server.run("kadeploy3", "-m", "n-3", "-e", "tiny", "-V", "4")
+    for result in (quiet, chatty):
+        assert result.returncode == 0, result.stderr
+        assert lists(result.stdout) == (["n-3"], [])
+    assert "Launching a deployment on n-3" in quiet.stdout
+    assert "Performing a" not in quiet.stdout and "End of deployment for" not in quiet.stdout
+    assert "Performing a SetDeploymentEnvDummy step" in chatty.stdout
+    assert "End of deployment for n-3 after" in chatty.stdout
+    assert "  * n-3: " in chatty.stdout
