@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -402,3 +403,21 @@ def test_the_verbose_level_chooses_the_progress_lines(cli_server: CliServer) -> 
     assert "Performing a SetDeploymentEnvDummy step" in chatty.stdout
     assert "End of deployment for n-3 after" in chatty.stdout
     assert "  * n-3: " in chatty.stdout
+
+
+def test_debug_mode_writes_on_fd_3_when_the_caller_opened_it(cli_server: CliServer) -> None:
+    debug = cli_server.home / "debug.log"
+    # sh opens fd 3 on the file, then becomes kadeploy3 (arguments passed as they are).
+    result = subprocess.run(
+        ["sh", "-c", 'exec 3>"$1"; shift; exec "$@"', "sh", str(debug),
+         str(Path(sys.executable).parent / "kadeploy3"), "-m", "n-3", "-e", "tiny", "-d"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env=cli_server.env("alice"), cwd=cli_server.home,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[dbg]" not in result.stdout
+    assert lists(result.stdout) == (["n-3"], [])
+    lines = debug.read_text().splitlines()
+    assert lines and all(line.startswith("[dbg] [n-3] ") for line in lines), lines
+    on_stdout = cli_server.run("kadeploy3", "-m", "n-3", "-e", "tiny", "-d")
+    assert "[dbg] [n-3] " in on_stdout.stdout
