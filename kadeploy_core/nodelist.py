@@ -157,7 +157,26 @@ def resolve_nodes(
 def _unknown(name: str, known: Sequence[str]) -> str:
     if not known:
         return f"unknown node {name!r}: no nodes are configured"
-    return f"unknown node {name!r}{did_you_mean(name, known)}"
+    return f"unknown node {name!r}{node_hint(name, known)}"
+
+
+def node_hint(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean ...?"`` for an unknown node ``name``, or an empty string.
+
+    Sites name nodes by their fully qualified names (``griffon-2.nancy.grid5000.fr``) or by
+    short ones, and users type the other kind: a short name suggests the configured names
+    it is the host part of, a qualified one its configured short name, before the nearest
+    spellings (which would not find ``griffon-2.nancy.grid5000.fr`` from ``griffon-2``).
+    """
+    candidates = list(known)
+    host = name.split(".", 1)[0]
+    if "." in name:
+        same = [host] if host in set(candidates) else []
+    else:
+        same = [k for k in candidates if k.startswith(f"{name}.")][:3]
+    if same:
+        return "; did you mean " + " or ".join(repr(n) for n in same) + "?"
+    return did_you_mean(name, candidates)
 
 
 def _expand_arg(arg: str) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from kadeploy_testbed import testbed as tb
-from kadeploy_testbed.layout import DEFAULT_DISK_MB
+from kadeploy_testbed.layout import DEFAULT_DISK_MB, DEFAULT_NAME_FORMAT, name_format_problem
 from kadeploy_testbed.node import FAULTS
 from kadeploy_testbed.state import TestbedConfig
 
@@ -70,6 +70,13 @@ def main(verbose: bool) -> None:
     show_default=True,
     help="Number of the first node (to run two testbeds side by side).",
 )
+@click.option(
+    "--name-format",
+    default=DEFAULT_NAME_FORMAT,
+    show_default=True,
+    help="Node names: {i} is the node's number, {n} its position from 1; e.g. "
+    "'griffon-{n}.nancy.grid5000.fr' names them as Grid'5000 does.",
+)
 @click.option("--netns", is_flag=True, help="One network namespace per node, shaped links.")
 @click.option(
     "--rate", default="200mbit", show_default=True, help="tc rate of each node link (--netns)."
@@ -110,6 +117,7 @@ def up(
     nodes: int,
     directory: Path,
     first: int,
+    name_format: str,
     netns: bool,
     rate: str,
     tftp: str,
@@ -120,6 +128,9 @@ def up(
 ) -> None:
     """Start N nodes in their prod env and write DIR/conf for the daemon."""
     host, port = _tftp(tftp)
+    problem = name_format_problem(name_format)
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint="--name-format")
     if not _RATE_RE.match(rate):
         raise click.BadParameter(
             f"{rate!r}: expected a tc rate such as 200mbit or 1gbit", param_hint="--rate"
@@ -134,6 +145,7 @@ def up(
         boot_delay=boot_delay,
         jitter=jitter,
         disk_mb=_disk_sizes(disk_mb),
+        name_format=name_format,
     )
     try:
         bed = tb.up(directory, config, timeout=timeout)
@@ -162,11 +174,12 @@ def status(directory: Path) -> None:
         entries = tb.attach(directory).status()
     except tb.TestbedError as error:
         raise _fail(error) from None
-    click.echo(f"{'NODE':<10} {'POWER':<6} {'ENV':<14} {'ADDRESS':<15} {'BMC':<12} FAULTS")
+    width = max([10, *(len(entry["name"]) for entry in entries)])
+    click.echo(f"{'NODE':<{width}} {'POWER':<6} {'ENV':<14} {'ADDRESS':<15} {'BMC':<12} FAULTS")
     for entry in entries:
         click.echo(
-            f"{entry['name']:<10} {entry['power']:<6} {entry['env']:<14} {entry['address']:<15} "
-            f"{entry['bmc']:<12} {','.join(entry['faults']) or '-'}"
+            f"{entry['name']:<{width}} {entry['power']:<6} {entry['env']:<14} "
+            f"{entry['address']:<15} {entry['bmc']:<12} {','.join(entry['faults']) or '-'}"
         )
 
 

@@ -12,9 +12,11 @@ from typing import Any
 
 import yaml
 
+from kadeploy_core.ranges import RangeError, expand_range
 from kadeploy_testbed.layout import (
     BMC_PORT,
     BMC_USER,
+    DEFAULT_NAME_FORMAT,
     DEPLOY_PARTITION,
     NODE_DISK_DIR,
     PROD_PARTITION,
@@ -114,31 +116,61 @@ def cluster_conf() -> dict[str, Any]:
     }
 
 
-def nodes_conf(nodes: list[NodeSpec]) -> dict[str, Any]:
-    """One range entry for nodes 1..9 (their MAC's last byte reads the same in hex and
-    decimal) and one entry per node after that (ranges are decimal, MACs are hex)."""
-    entries: dict[str, Any] = {}
-    low = [n for n in nodes if n.index <= 9]
-    if len(low) > 1:
-        first, last = low[0].index, low[-1].index
-        prefix, first_octet = low[0].address.rsplit(".", 1)
-        last_octet = low[-1].address.rsplit(".", 1)[1]
-        entries[f"node-[{first}-{last}]"] = {
+def _entry(node: NodeSpec) -> dict[str, Any]:
+    return {"cluster": CLUSTER, "address": node.address, "mac": node.mac, "bmc": node.bmc}
+
+
+def _range_entry(nodes: list[NodeSpec], name_format: str) -> tuple[str, dict[str, Any]] | None:
+    """One nodes.conf range entry standing for ``nodes`` (numbered in a row), or None when a
+    range cannot say it: names, addresses, MACs and BMCs must each expand to the nodes'
+    own, in order (MACs are hex, ranges decimal: nodes 10-15 end in 0a-0f, no range)."""
+    if len(nodes) < 2:
+        return None
+    first, last = nodes[0], nodes[-1]
+    base = first.index - 1  # the position n of a node is index - base, when they are in a row
+    prefix, first_octet = first.address.rsplit(".", 1)
+    last_octet = last.address.rsplit(".", 1)[1]
+    try:
+        # Only one of {i} and {n} may be written as a range (one [...] group per name).
+        key = name_format.format(
+            i=f"[{first.index}-{last.index}]", n=f"[{first.index - base}-{last.index - base}]"
+        )
+        entry = {
             "cluster": CLUSTER,
             "address": f"{prefix}.[{first_octet}-{last_octet}]",
-            "mac": f"02:00:00:00:02:[0{first}-0{last}]",
-            "bmc": f"127.0.3.[{first}-{last}]",
+            "mac": f"{first.mac.rsplit(':', 1)[0]}:[{first.index:02x}-{last.index:02x}]",
+            "bmc": f"127.0.3.[{first.index}-{last.index}]",
         }
-        rest = [n for n in nodes if n.index > 9]
-    else:
-        rest = nodes
+        stands_for = {
+            "name": expand_range(key),
+            "address": expand_range(entry["address"]),
+            "mac": expand_range(entry["mac"]),
+            "bmc": expand_range(entry["bmc"]),
+        }
+    except (RangeError, ValueError, KeyError):
+        return None
+    for field, values in stands_for.items():
+        if values != [getattr(node, field) for node in nodes]:
+            return None
+    return key, entry
+
+
+def nodes_conf(nodes: list[NodeSpec], name_format: str = DEFAULT_NAME_FORMAT) -> dict[str, Any]:
+    """With names of another format than ``node-{i}``, one range entry for all the nodes when
+    a range can stand for them (``griffon-[1-4].nancy.grid5000.fr``, as a site writes it).
+    Else one range entry for the nodes up to 9 (their MAC's last byte reads the same in hex
+    and decimal) and one entry per node after that, which tests and benches edit by name."""
+    whole = _range_entry(nodes, name_format) if name_format != DEFAULT_NAME_FORMAT else None
+    if whole is not None:
+        return {whole[0]: whole[1]}
+    entries: dict[str, Any] = {}
+    low = [n for n in nodes if n.index <= 9]
+    found = _range_entry(low, name_format)
+    if found is not None:
+        entries[found[0]] = found[1]
+    rest = nodes[len(low) :] if found is not None else nodes
     for node in rest:
-        entries[node.name] = {
-            "cluster": CLUSTER,
-            "address": node.address,
-            "mac": node.mac,
-            "bmc": node.bmc,
-        }
+        entries[node.name] = _entry(node)
     return entries
 
 
@@ -148,7 +180,14 @@ def _dump(path: Path, header: str, data: dict[str, Any]) -> None:
     path.write_text(header + text, encoding="utf-8")
 
 
-def write_conf(layout: Layout, nodes: list[NodeSpec], tftp_host: str, tftp_port: int) -> None:
+def write_conf(
+    layout: Layout,
+    nodes: list[NodeSpec],
+    tftp_host: str,
+    tftp_port: int,
+    *,
+    name_format: str = DEFAULT_NAME_FORMAT,
+) -> None:
     """Write ``DIR/conf`` for a daemon driving this testbed (and the deploy env host key it
     pins, made once per testbed)."""
     conf = layout.conf_dir
@@ -167,5 +206,5 @@ def write_conf(layout: Layout, nodes: list[NodeSpec], tftp_host: str, tftp_port:
     _dump(
         conf / "nodes.conf",
         "# The testbed's nodes: address, MAC and BMC of each.\n",
-        nodes_conf(nodes),
+        nodes_conf(nodes, name_format),
     )

@@ -26,7 +26,7 @@ from typing import Any
 from kadeploy_testbed import disks, netns
 from kadeploy_testbed.bmc import BmcError, BmcHandle, start_bmc
 from kadeploy_testbed.firmware import prod_cmdline
-from kadeploy_testbed.layout import BMC_PORT, BMC_USER, Layout, node_specs
+from kadeploy_testbed.layout import BMC_PORT, BMC_USER, Layout
 from kadeploy_testbed.node import FaultError, NodeRunner
 from kadeploy_testbed.nodefiles import BootSpec
 from kadeploy_testbed.state import TestbedConfig, load_state, record, update_state
@@ -56,7 +56,7 @@ class Controller:
     # -- start and stop ------------------------------------------------------------------------
 
     def start(self) -> None:
-        specs = node_specs(self.config.nodes, netns=self.config.netns, first=self.config.first)
+        specs = self.config.specs()
         deploy_kernel = self.layout.deploy_kernel.read_bytes()
         password = self.layout.ipmi_password.read_text().strip()
         settings = self.config.boot_settings()

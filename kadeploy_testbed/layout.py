@@ -3,12 +3,16 @@
 Node ``i`` (1-based) is ``node-i``; on loopback it answers on ``127.0.2.i:22``; with ``--netns``
 it lives in network namespace ``kdtb-node-i`` at ``198.18.0.(i+1)`` behind bridge ``kdtb0``
 (host side ``198.18.0.1/15``). Its MAC is ``02:00:00:00:02:<i in hex>``; its BMC listens on
-``127.0.3.i:623``.
+``127.0.3.i:623``. Only its name may be chosen (``--name-format``, e.g.
+``griffon-{n}.nancy.grid5000.fr`` as Grid'5000 names its nodes): everything else derives from
+``i``, so two testbeds with distinct numbers never share a namespace, address or directory.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +49,14 @@ SSH_PORT = 22
 BMC_PORT = 623
 BMC_USER = "admin"
 
+DEFAULT_NAME_FORMAT = "node-{i}"
+NAME_FIELDS = {"i": "the node's number", "n": "its position in this testbed, from 1"}
+"""The fields a name format may use."""
+MAX_NAME_LENGTH = 64
+"""A node sets its name as its hostname, which Linux limits to 64 bytes."""
+_NODE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+"""What the daemon accepts as a node name (kadeploy_core/nodelist.py)."""
+
 
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
@@ -68,13 +80,44 @@ class NodeSpec:
         return f"kdtbn{self.index}"
 
 
-def node_spec(index: int, *, netns: bool) -> NodeSpec:
-    """The fixed identity of node ``index`` (1-based)."""
+def name_format_problem(name_format: str) -> str | None:
+    """Why ``name_format`` cannot name a testbed's nodes, or None when it can: it must use
+    ``{i}`` or ``{n}`` (and no other field) and give host names such as
+    ``griffon-1.nancy.grid5000.fr``."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(name_format) if f is not None]
+    except ValueError as exc:
+        return f"{name_format!r}: {exc}"
+    unknown = sorted(set(fields) - set(NAME_FIELDS))
+    if unknown:
+        valid = ", ".join(f"{{{k}}} ({v})" for k, v in NAME_FIELDS.items())
+        return f"{name_format!r}: unknown field {{{unknown[0]}}}; valid fields: {valid}"
+    if not fields:
+        return f"{name_format!r} names every node alike: use {{i}} or {{n}}, e.g. node-{{i}}"
+    try:
+        sample = name_format.format(i=MAX_NODES, n=MAX_NODES)
+    except ValueError as exc:  # a bad format spec, such as {i:x2}
+        return f"{name_format!r}: {exc}"
+    if not _NODE_NAME.fullmatch(sample) or len(sample) > MAX_NAME_LENGTH:
+        return (
+            f"{name_format!r} gives names such as {sample!r}: a node name is at most "
+            f"{MAX_NAME_LENGTH} letters, digits, '.', '_' or '-', starting and ending with a "
+            "letter or digit"
+        )
+    return None
+
+
+def node_spec(
+    index: int, *, netns: bool, name_format: str = DEFAULT_NAME_FORMAT, first: int = 1
+) -> NodeSpec:
+    """The fixed identity of node ``index`` (1-based) of a testbed whose first node is
+    ``first``; only its name follows ``name_format`` (``{i}``: ``index``, ``{n}``: its
+    position from 1)."""
     if not 1 <= index <= MAX_NODES:
         raise ValueError(f"node index {index} out of range 1..{MAX_NODES}")
     return NodeSpec(
         index=index,
-        name=f"node-{index}",
+        name=name_format.format(i=index, n=index - first + 1),
         address=f"198.18.0.{index + 1}" if netns else f"127.0.2.{index}",
         mac=f"02:00:00:00:02:{index:02x}",
         bmc=f"127.0.3.{index}",
@@ -82,9 +125,14 @@ def node_spec(index: int, *, netns: bool) -> NodeSpec:
     )
 
 
-def node_specs(count: int, *, netns: bool, first: int = 1) -> list[NodeSpec]:
+def node_specs(
+    count: int, *, netns: bool, first: int = 1, name_format: str = DEFAULT_NAME_FORMAT
+) -> list[NodeSpec]:
     """Specs of nodes first..first+count-1 (``first`` lets two testbeds share the machine)."""
-    return [node_spec(i, netns=netns) for i in range(first, first + count)]
+    return [
+        node_spec(i, netns=netns, name_format=name_format, first=first)
+        for i in range(first, first + count)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +205,11 @@ class Layout:
     @property
     def daemon_state(self) -> Path:
         return self.root / "daemon"
+
+    @property
+    def nodefile(self) -> Path:
+        """The nodes' names, one a line, as OAR's ``$OAR_NODEFILE`` (``kadeploy -f``)."""
+        return self.root / "nodefile"
 
     def node_dir(self, name: str) -> Path:
         return self.root / "nodes" / name

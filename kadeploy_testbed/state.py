@@ -14,7 +14,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kadeploy_testbed.layout import DEFAULT_DISK_MB, Layout
+from kadeploy_testbed.layout import (
+    DEFAULT_DISK_MB,
+    DEFAULT_NAME_FORMAT,
+    Layout,
+    NodeSpec,
+    node_specs,
+)
 from kadeploy_testbed.node import BootSettings
 
 logger = logging.getLogger(__name__)
@@ -36,6 +42,15 @@ class TestbedConfig:
     boot_delay: float = 1.0
     jitter: float = 0.0
     disk_mb: dict[int, int] = field(default_factory=lambda: dict(DEFAULT_DISK_MB))
+    name_format: str = DEFAULT_NAME_FORMAT
+    """How nodes are named (``{i}``: number, ``{n}``: position from 1), e.g.
+    ``griffon-{n}.nancy.grid5000.fr``; checked by layout.name_format_problem."""
+
+    def specs(self) -> list[NodeSpec]:
+        """The testbed's nodes."""
+        return node_specs(
+            self.nodes, netns=self.netns, first=self.first, name_format=self.name_format
+        )
 
     def boot_settings(self) -> BootSettings:
         return BootSettings(

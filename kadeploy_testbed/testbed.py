@@ -30,6 +30,7 @@ from kadeploy_testbed.layout import (
     WHOLE_DISK_MB,
     Layout,
     NodeSpec,
+    name_format_problem,
     node_specs,
 )
 from kadeploy_testbed.nodefiles import make_disk, write_power_script
@@ -111,7 +112,7 @@ class Testbed:
 
     @property
     def nodes(self) -> list[NodeSpec]:
-        return node_specs(self.config.nodes, netns=self.config.netns, first=self.config.first)
+        return self.config.specs()
 
     def node(self, name: str) -> NodeSpec:
         for spec in self.nodes:
@@ -225,10 +226,17 @@ def _prepare(layout: Layout, config: TestbedConfig) -> None:
                            "LABEL local\n  LOCALBOOT 0\n")  # fmt: skip
     layout.daemon_state.mkdir(exist_ok=True)
     write_power_script(layout)
-    nodes = node_specs(config.nodes, netns=config.netns, first=config.first)
+    nodes = config.specs()
     for spec in nodes:
         make_disk(layout, spec, config.disk_mb, WHOLE_DISK_MB)
-    write_conf(layout, nodes, config.tftp_host, config.tftp_port)
+    write_conf(
+        layout,
+        nodes,
+        config.tftp_host,
+        config.tftp_port,
+        name_format=config.name_format,
+    )
+    layout.nodefile.write_text("".join(f"{spec.name}\n" for spec in nodes), encoding="utf-8")
     # Mount point of the nodes' disk tmpfs (mounted only inside node namespaces).
     Path(NODE_DISK_DIR).mkdir(mode=0o755, exist_ok=True)
 
@@ -272,6 +280,9 @@ def up(
             f"nodes {config.first}..{config.first + config.nodes - 1} do not fit: node numbers "
             f"go from 1 to {MAX_NODES} (-n N, --first F)"
         )
+    problem = name_format_problem(config.name_format)
+    if problem is not None:
+        raise TestbedError(f"--name-format {problem}")
     layout = Layout.at(directory)
     if _controller_alive(layout):
         raise TestbedError(

@@ -7,6 +7,12 @@
   testbed's own ``DIR/tftp``); torn down with the full ``down`` sweep.
 - ``fresh_testbed``: the session testbed after a reset: every node back in its prod env, faults
   cleared, per-node PXE profiles removed, the default profile restored, TFTP log emptied.
+- ``g5k_testbed`` (session): 4 nodes named as Grid'5000 names them,
+  ``griffon-1.nancy.grid5000.fr`` .. ``griffon-4.nancy.grid5000.fr`` (nodes 81-84: their own
+  addresses, namespaces and directory, so it lives beside ``testbed``), booting from
+  127.0.0.1:<free port> where a test's daemon serves TFTP; ``g5k_image`` (session) the
+  ``debian-min`` environment for it, and ``g5k`` a daemon with its API on it
+  (tests/g5k_fixtures.py).
 
 Tests needing root are marked ``@pytest.mark.root`` and skip (with the reason) otherwise.
 """
@@ -161,3 +167,50 @@ def fresh_testbed(testbed: Any, testbed_tftp: TftpServer) -> Iterator[Any]:
     testbed_tftp.clear()
     yield testbed
     _reset_profiles(testbed_tftp.root)
+
+
+@pytest.fixture(scope="session")
+def g5k_testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Nodes griffon-[1-4].nancy.grid5000.fr (numbers 81-84), torn down after the session."""
+    if os.geteuid() != 0:
+        pytest.skip(ROOT_REASON)
+    from g5k_fixtures import G5K_FIRST, G5K_FORMAT  # noqa: PLC0415
+
+    from kadeploy_testbed.state import TestbedConfig  # noqa: PLC0415
+    from kadeploy_testbed.testbed import down, up  # noqa: PLC0415
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        tftp_port = probe.getsockname()[1]
+    directory = tmp_path_factory.mktemp("g5kbed")
+    config = TestbedConfig(
+        nodes=4,
+        first=G5K_FIRST,
+        name_format=G5K_FORMAT,
+        tftp_host="127.0.0.1",
+        tftp_port=tftp_port,
+        boot_delay=0.1,
+    )
+    bed = up(directory, config, timeout=90)
+    try:
+        yield bed
+    finally:
+        down(directory)
+
+
+@pytest.fixture(scope="session")
+def g5k_image(g5k_testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The description of the make-image environment ``debian-min`` (tar+zstd)."""
+    from kadeploy_testbed.image import make_image  # noqa: PLC0415
+
+    folder = tmp_path_factory.mktemp("g5kimage")
+    return make_image(folder / "debian-min", name="debian-min", kind="tar").description
+
+
+@pytest.fixture
+def g5k(g5k_testbed: Any, g5k_image: Path, tmp_path: Path) -> Iterator[Any]:
+    """A daemon and its API on ``g5k_testbed``, nodes reset (tests/g5k_fixtures.py)."""
+    from g5k_fixtures import g5k_api  # noqa: PLC0415
+
+    with g5k_api(g5k_testbed, tmp_path, g5k_image) as api:
+        yield api

@@ -28,8 +28,8 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
 from kadeploy_core.errors import Problem
+from kadeploy_core.nodelist import node_hint
 from kadeploy_core.plans import Operation
-from kadeploy_core.suggest import did_you_mean
 from kadeployd.admission.disks import check_block_device, rights_key
 from kadeployd.admission.holds import NodeHolds
 from kadeployd.admission.owners import check_force
@@ -147,9 +147,7 @@ def known_nodes(
         seen.add(name)
         if name != wildcard and name not in known:
             problems.append(
-                Problem(
-                    SOURCE, f"unknown node {name}{did_you_mean(name, known)}", f"nodes[{index}]"
-                )
+                Problem(SOURCE, f"unknown node {name}{node_hint(name, known)}", f"nodes[{index}]")
             )
     if problems:
         raise AdmissionRefused(Refusal.UNKNOWN_NODE, problems[0].message, problems)
