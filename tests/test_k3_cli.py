@@ -292,6 +292,7 @@ def test_multi_server_splits_the_nodes_by_server_and_prefixes_the_lines(
             "default: nancy\nservers:\n"
             f"- {{name: nancy, url: 'unix:{cli_server.socket}', token_file: '{tokens['nancy']}'}}\n"
             f"- {{name: rennes, url: 'unix:{other.socket}', token_file: '{tokens['rennes']}'}}\n"
+            "- {name: lille, hostname: 127.0.0.1, port: 9, secure: false}\n"
         )
         env = {"KADEPLOY3_CONFIG_FILE": str(conf)}
         result = cli_server.run(
@@ -299,6 +300,7 @@ def test_multi_server_splits_the_nodes_by_server_and_prefixes_the_lines(
         )
         assert result.returncode == 0, result.stdout + result.stderr
         lines = result.stdout.splitlines()
+        assert lines[0] == "The lille server is unreachable", result.stdout
         for prefix, node in (("[nancy]   ", "n-1"), ("[rennes]  ", "m-2")):
             at = lines.index(f"{prefix}The deployment is successful on nodes")
             assert lines[at + 1] == f"{prefix}{node}", result.stdout
@@ -307,6 +309,7 @@ def test_multi_server_splits_the_nodes_by_server_and_prefixes_the_lines(
         assert versions.stdout.splitlines() == [
             f"({cli_server.socket}) Kadeploy version: {__version__}",
             f"({other.socket}) Kadeploy version: {__version__}",
+            "The lille server is unreachable",
         ]
         nowhere = cli_server.run("kadeploy3", "-M", "-m", "x-1", "-e", "tiny", **env)
         assert nowhere.returncode == 1

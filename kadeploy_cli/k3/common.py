@@ -288,18 +288,27 @@ class Session:
             if fixed:
                 click.echo(fixed)
                 sys.exit(EXIT_OK)
-            for entry in self.servers():
-                prefix = f"({_host(entry.address)}) " if self.multi else ""
-                with self.client(entry) as client:
-                    click.echo(f"{prefix}Kadeploy version: {server_version(client)}")
+            self._each_server(lambda client, _: [f"Kadeploy version: {server_version(client)}"])
             sys.exit(EXIT_OK)
         if options.get("server_info"):
-            for entry in self.servers():
-                prefix = f"({_host(entry.address)}) " if self.multi else ""
-                with self.client(entry) as client:
-                    for line in server_info(client, entry):
-                        click.echo(f"{prefix}{line}")
+            self._each_server(server_info)
             sys.exit(EXIT_OK)
+
+    def _each_server(self, lines_of: Callable[[Client, ServerEntry], list[str]]) -> None:
+        """Print ``lines_of`` each server; with ``-M`` prefixed by its address, an unreachable
+        one skipped with a line saying so (as Kadeploy3 leaves it out)."""
+        for entry in self.servers():
+            prefix = f"({_host(entry.address)}) " if self.multi else ""
+            with self.client(entry) as client:
+                try:
+                    lines = lines_of(client, entry)
+                except ServerUnreachable:
+                    if not self.multi:
+                        raise
+                    click.echo(f"The {entry.name} server is unreachable")
+                    continue
+            for line in lines:
+                click.echo(f"{prefix}{line}")
 
 
 def _token(entry: ServerEntry) -> str | None:
