@@ -11,16 +11,21 @@ macrostep          variant       microsteps (entering event)
 =================  ============  ====================================================
 SetDeploymentEnv   untrusted     switch_pxe_to_deploy_env, reboot_escalating (reboot_ordered),
                                  wait_deploy_env (-> deploy_env_reached), partition_disk,
-                                 format_deploy_partition (partitioning_started)
-                   prod          check_prod_env (deploy_env_reached), format_deploy_partition
+                                 format_deploy_partition, format_tmp_partition
+                                 (partitioning_started)
+                   prod          check_prod_env (deploy_env_reached), format_deploy_partition,
+                                 format_tmp_partition
                    dummy         nothing (deploy_env_reached)
 BroadcastEnv       chain/direct  send_image_chain | send_image_direct (transfer_started),
                                  run_postinstalls, copy_user_keys, check_kernel_files,
-                                 sync_and_umount (postinstall_started)
+                                 install_bootloader, sync_and_umount (postinstall_started)
                    dummy         nothing (transfer_started)
 BootNewEnv         classical     switch_pxe_to_deployed_env, reboot_escalating,
                                  wait_deployed_env (boot_ordered)
                    hard_reboot   the same with reboot_hard
+                   kexec         switch_pxe_to_deployed_env, kexec_deployed_env (the deploy
+                                 env loads the deployed kernel and jumps to it: no firmware,
+                                 no PXE), wait_deployed_env (boot_ordered)
                    dummy         nothing (boot_ordered)
 =================  ============  ====================================================
 
@@ -71,6 +76,7 @@ _BROADCAST_TAIL = (
     _m("run_postinstalls", E.POSTINSTALL_STARTED),
     _m("copy_user_keys", E.POSTINSTALL_STARTED),
     _m("check_kernel_files", E.POSTINSTALL_STARTED),
+    _m("install_bootloader", E.POSTINSTALL_STARTED),
     _m("sync_and_umount", E.POSTINSTALL_STARTED),
 )
 
@@ -82,10 +88,12 @@ VARIANT_PLANS: dict[Macrostep, dict[str, tuple[MicrostepPlan, ...]]] = {
             _m("wait_deploy_env", reached=E.DEPLOY_ENV_REACHED),
             _m("partition_disk", E.PARTITIONING_STARTED),
             _m("format_deploy_partition", E.PARTITIONING_STARTED),
+            _m("format_tmp_partition", E.PARTITIONING_STARTED),
         ),
         "prod": (
             _m("check_prod_env", E.DEPLOY_ENV_REACHED),
             _m("format_deploy_partition", E.PARTITIONING_STARTED),
+            _m("format_tmp_partition", E.PARTITIONING_STARTED),
         ),
         "dummy": (_m("nothing", E.DEPLOY_ENV_REACHED),),
     },
@@ -103,6 +111,11 @@ VARIANT_PLANS: dict[Macrostep, dict[str, tuple[MicrostepPlan, ...]]] = {
         "hard_reboot": (
             _m("switch_pxe_to_deployed_env", E.BOOT_ORDERED),
             _m("reboot_hard", E.BOOT_ORDERED),
+            _m("wait_deployed_env", E.BOOT_ORDERED),
+        ),
+        "kexec": (
+            _m("switch_pxe_to_deployed_env", E.BOOT_ORDERED),
+            _m("kexec_deployed_env", E.BOOT_ORDERED),
             _m("wait_deployed_env", E.BOOT_ORDERED),
         ),
         "dummy": (_m("nothing", E.BOOT_ORDERED),),

@@ -13,6 +13,7 @@ logger = logging.getLogger(__name__)
 
 MAX_DESCRIPTION = 1 << 20
 MAX_KEYS = 64 << 10
+MAX_PXE_PROFILE = 64 << 10
 
 NodeName = Annotated[
     str,
@@ -80,6 +81,14 @@ FileName = Annotated[
     str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_+][A-Za-z0-9._+-]*$")
 ]
 UploadId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+TimeoutText = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        description="seconds, or an expression of n (the node count) such as '120 + 10 * n'",
+    ),
+]
 Visibility = Literal["private", "shared", "public"]
 
 
@@ -134,6 +143,25 @@ class CustomStepsIn(_In):
     )
 
 
+Singularity = Annotated[str, Field(max_length=255, pattern=r"^[^\x00-\x1f\x7f]*$")]
+"""A node's value of ``NODE_SINGULARITY`` in a user's PXE profile: one line of text."""
+
+
+class PxeIn(_In):
+    """``kadeploy -w FILE [-x FILES] [--set-pxe-pattern FILE]``: the pxelinux profile
+    BootNewEnv writes for each node instead of the environment's, Kadeploy3 style:
+    ``FILES_PREFIX`` names your TFTP directory (where ``files`` go), ``NODE_SINGULARITY`` is
+    replaced by each node's value in ``singularities`` (empty for a node without one)."""
+
+    profile: Annotated[str, Field(min_length=1, max_length=MAX_PXE_PROFILE)]
+    singularities: dict[NodeName, Singularity] | None = Field(default=None, max_length=100_000)
+    files: dict[FileName, UploadId] = Field(
+        default_factory=dict,
+        description="file name under your TFTP directory (FILES_PREFIX) -> upload id",
+        max_length=16,
+    )
+
+
 class DeploymentCreate(_In):
     """``kadeploy``: deploy an environment on nodes."""
 
@@ -155,6 +183,25 @@ class DeploymentCreate(_In):
     """``--breakpoint``: MACROSTEP or MACROSTEP:MICROSTEP; each node stops before it."""
     custom_steps: CustomStepsIn | None = None
     """``--custom-steps``: operations run around microsteps."""
+    boot_partition: Annotated[int, Field(ge=0, le=128)] | None = None
+    """``-c``: the partition BootNewEnv boots instead of the deploy partition (0: the disk)."""
+    reformat_tmp: Annotated[str, Field(pattern=r"^[a-z0-9]{1,16}$")] | None = None
+    """``-r FSTYPE``: mkfs.FSTYPE on the nodes' /tmp partition (``disk.tmp_partition``)."""
+    disable_disk_partitioning: StrictBool = False
+    """``--disable-disk-partitioning``: the partitioning script does not run."""
+    disable_bootloader_install: StrictBool = False
+    """``--disable-bootloader-install``: the boot loader script does not run."""
+    disable_kexec: StrictBool = False
+    """``--no-kexec``: BootNewEnv tries no kexec variant."""
+    timeout_reboot_classical: TimeoutText | None = None
+    """``--reboot-classical-timeout``: seconds or an expression of n (``"120 + n"``)."""
+    timeout_reboot_kexec: TimeoutText | None = None
+    """``--reboot-kexec-timeout``: seconds or an expression of n."""
+    force_steps: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
+    """``--force-steps``: Kadeploy3's automata text, for administrators only
+    (``SetDeploymentEnv|SetDeploymentEnvUntrusted:1:300&BroadcastEnv|...&BootNewEnv|...``)."""
+    pxe: PxeIn | None = None
+    """``-w``/``-x``/``--set-pxe-pattern``: your own profile for BootNewEnv (no kexec)."""
 
     @model_validator(mode="after")
     def _one_environment(self) -> DeploymentCreate:

@@ -22,6 +22,7 @@ from kadeploy_testbed.layout import (
     PROD_PARTITION,
     SSH_PORT,
     SWAP_PARTITION,
+    TMP_PARTITION,
     Layout,
     NodeSpec,
 )
@@ -95,6 +96,7 @@ def deploy_conf(layout: Layout, tftp_host: str, tftp_port: int) -> dict[str, Any
                     {"type": "direct", "retries": 1, "timeout": "120 + 30 * n"},
                 ],
                 "BootNewEnv": [
+                    {"type": "kexec", "retries": 0, "timeout": 60},
                     {"type": "classical", "retries": 1, "timeout": 120},
                     {"type": "hard_reboot", "retries": 1, "timeout": 120},
                 ],
@@ -111,6 +113,7 @@ def cluster_conf() -> dict[str, Any]:
             "deploy_partition": DEPLOY_PARTITION,
             "prod_partition": PROD_PARTITION,
             "swap_partition": SWAP_PARTITION,
+            "tmp_partition": TMP_PARTITION,
             "filesystem": "ext4",
         }
     }

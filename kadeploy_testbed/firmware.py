@@ -3,7 +3,10 @@
 Decision (see DESIGN.md, "The testbed"):
 
 * kernel whose bytes are the testbed's deploy kernel -> deploy env;
-* ``LOCALBOOT`` or ``chain.c32 hd0 <prod partition>`` -> prod env;
+* ``LOCALBOOT`` -> what the disk's boot record says: the partition a boot loader installed
+  there names (:data:`BOOT_RECORD`, written by a deployment's install_bootloader), else the
+  prod env;
+* ``chain.c32 hd0 <prod partition>`` -> prod env;
 * ``chain.c32 hd0 P`` for another partition, or a kernel whose bytes equal a regular file in
   ``/boot`` of partition P -> deployed env on partition P;
 * anything else (no profile, unparsable profile, missing kernel or initrd, kernel matching
@@ -28,6 +31,24 @@ from kadeploy_testbed.tftpfetch import TftpFetchError, TftpUnreachable, fetch, f
 logger = logging.getLogger(__name__)
 
 TFTP_TIMEOUT = 3.0
+BOOT_RECORD = b"KDTB-BOOT "
+"""How the testbed's boot loader starts the disk's first sector: ``KDTB-BOOT <partition>``
+(a site's bootloader_script writes it, as grub-install writes a real one)."""
+
+
+def boot_record_partition(device: str | None) -> int | None:
+    """The partition the boot record of disk ``device`` boots, or None (no boot loader)."""
+    if device is None:
+        return None
+    try:
+        with open(device, "rb") as disk:
+            sector = disk.read(512)
+    except OSError:
+        return None
+    if not sector.startswith(BOOT_RECORD):
+        return None
+    word = sector[len(BOOT_RECORD) :].split(b"\n", 1)[0].strip()
+    return int(word) if word.isdigit() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +126,17 @@ class Firmware:
     keep_going: Callable[[], bool]
     pause: Callable[[float], None]
     """Waits, returning early when power changes (an Event.wait in the controller)."""
+    whole_disk: str | None = None
+    """The host block device of the whole disk (its first sector is the boot record)."""
+    record: Callable[[str], None] = lambda line: None
+    """Writes a line to the node's firmware log (each PXE boot, each file fetched)."""
 
     def _fetch(self, remote: str) -> bytes | None:
         while True:
             if not self.keep_going():
                 raise Interrupted
             try:
+                self.record(f"TFTP {remote.lstrip('/')}")
                 return fetch(self.tftp_server, self.tftp_port, remote.lstrip("/"), TFTP_TIMEOUT)
             except TftpUnreachable as error:
                 logger.info("%s: %s; retrying", self.node.name, error)
@@ -131,16 +157,28 @@ class Firmware:
     def boot(self) -> BootSpec | Silent:
         """Run PXE: profile, files, decision. Raises Interrupted if power goes away."""
         try:
+            self.record(f"PXE boot from tftp://{self.tftp_server}:{self.tftp_port}")
             found = self._profile()
             if found is None:
                 return Silent("PXE: no profile on the TFTP server (01-<mac>, hex IP, default)")
             name, text = found
             logger.info("%s: PXE profile %s", self.node.name, name)
+            self.record(f"TFTP {name}")
             try:
                 entry = parse_profile(text, source=name)
             except ProfileError as error:
                 return Silent(f"PXE: {error}")
             if entry.kind == "localboot":
+                part = boot_record_partition(self.whole_disk)
+                if part is not None and part != PROD_PARTITION:
+                    if part not in self.partitions:
+                        return Silent(f"boot record: no partition {part}")
+                    return BootSpec(
+                        env="deployed",
+                        cmdline=prod_cmdline(part),
+                        partition=part,
+                        label=entry.label,
+                    )
                 return BootSpec(env="prod", cmdline=prod_cmdline(), label=entry.label)
             if entry.kind == "chain":
                 part = entry.chain_partition

@@ -2,13 +2,16 @@
 
 A powered-on node is a "life": a thread that runs the firmware, starts the node's init in new
 namespaces with ``unshare`` and waits for it to end. How init ended says what comes next
-(:mod:`kadeploy_testbed.nodeinit`): reboot -> firmware again; power off -> off. Power actions
-from the BMC or the control socket bump ``_generation`` so a stale life stops without acting.
+(:mod:`kadeploy_testbed.nodeinit`): reboot -> firmware again; power off -> off; kexec -> the
+kernel it loaded boots at once, without the firmware (:meth:`NodeRunner._kexec_target`). Power
+actions from the BMC or the control socket bump ``_generation`` so a stale life stops without
+acting.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -21,13 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kadeploy_testbed import disks, netns, nodeinit
-from kadeploy_testbed.firmware import Firmware, Interrupted, Silent, prod_cmdline
+from kadeploy_testbed.firmware import (
+    Firmware,
+    Interrupted,
+    Silent,
+    partition_with_kernel,
+    prod_cmdline,
+)
 from kadeploy_testbed.layout import Layout, NodeSpec
-from kadeploy_testbed.nodefiles import BootSpec, write_boot_files
+from kadeploy_testbed.nodefiles import FIRMWARE_LOG, KEXEC_FILE, BootSpec, write_boot_files
 
 logger = logging.getLogger(__name__)
 
-FAULTS = ("noboot", "hang", "die", "slowdisk", "slowlink", "clear")
+FAULTS = ("noboot", "hang", "die", "slowdisk", "slowlink", "nokexec", "clear")
+"""``nokexec``: the node's next ``kexec -e`` hangs it (silent until a power action), as a
+kernel that cannot start after a kexec does."""
 SLOWDISK_BPS = 2 * 1024 * 1024
 """Write rate of a node's disk under ``slowdisk`` (bytes/s)."""
 SLOWLINK_RATE = "10mbit"
@@ -259,6 +270,17 @@ class NodeRunner:
                 boot = decided
             end = self._run_init(generation, boot)
             boot = None
+            if end == "kexec":
+                target = self._kexec_target()
+                if isinstance(target, Silent):
+                    logger.warning("%s: stays silent: %s", self.spec.name, target.reason)
+                    self._set_env(generation, "silent")
+                    return
+                if target is not None:
+                    logger.info("%s: kexec into %s", self.spec.name, target.describe)
+                    boot = target
+                self._set_env(generation, "booting")
+                continue
             if end == "reboot":
                 logger.info("%s: rebooting", self.spec.name)
                 self._set_env(generation, "booting")
@@ -271,6 +293,40 @@ class NodeRunner:
                         self._generation += 1
                 logger.info("%s: powered itself off", self.spec.name)
             return
+
+    def _kexec_target(self) -> BootSpec | Silent | None:
+        """What the node's ``kexec -e`` boots: the kernel ``kexec -l`` loaded, recognised as
+        the firmware recognises kernels (the deploy kernel, or the ``/boot`` file of a
+        partition); None when nothing was loaded (the firmware runs, as after a reboot)."""
+        with self._lock:
+            nokexec = "nokexec" in self._faults
+        if nokexec:
+            return Silent("fault nokexec: the kernel kexec jumped to hangs")
+        path = self.layout.node_dir(self.spec.name) / KEXEC_FILE
+        try:
+            header, _, kernel = path.read_bytes().partition(b"\n")
+            cmdline = str(json.loads(header)["cmdline"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.warning("%s: kexec with nothing loaded (%s): rebooting", self.spec.name, error)
+            return None
+        if kernel == self.deploy_kernel:
+            return BootSpec(env="deploy", cmdline=cmdline, label="kexec")
+        for device in self.disk.values():
+            disks.flush(device)
+        partitions = {p: self.disk[f"sda{p}"] for p in range(1, 5)}
+        partition = partition_with_kernel(kernel, partitions)
+        if partition is None:
+            return Silent("kexec: the loaded kernel matches no deploy kernel nor any /boot file")
+        return BootSpec(env="deployed", cmdline=cmdline, partition=partition, label="kexec")
+
+    def _record_firmware(self, line: str) -> None:
+        path = self.layout.node_dir(self.spec.name) / FIRMWARE_LOG
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        try:
+            with path.open("a", encoding="utf-8") as log:
+                log.write(f"{stamp} {line}\n")
+        except OSError as error:
+            logger.warning("%s: cannot write %s: %s", self.spec.name, path, error)
 
     def _firmware(self, generation: int, wake: threading.Event) -> BootSpec | Silent | None:
         with self._lock:
@@ -286,8 +342,10 @@ class NodeRunner:
             tftp_port=self.settings.tftp_port,
             deploy_kernel=self.deploy_kernel,
             partitions=partitions,
+            whole_disk=self.disk.get("sda"),
             keep_going=lambda: self._current(generation),
             pause=lambda seconds: self._pause(wake, seconds),
+            record=self._record_firmware,
         )
         try:
             return firmware.boot()
@@ -339,6 +397,8 @@ class NodeRunner:
             self._proc, self._init_pid = None, None
         if code in (nodeinit.EXIT_REBOOT, -signal.SIGHUP, 128 + signal.SIGHUP):
             return "reboot"
+        if code == nodeinit.EXIT_KEXEC:
+            return "kexec"
         if code in (nodeinit.EXIT_POWEROFF, -signal.SIGINT, 128 + signal.SIGINT):
             return "off"
         logger.error("%s: init ended with status %s: power lost", self.spec.name, code)
@@ -351,9 +411,9 @@ class NodeRunner:
             raise FaultError(f"unknown fault {kind!r}; valid: {', '.join(FAULTS)}")
         if kind == "clear":
             self.clear_faults()
-        elif kind == "noboot":
+        elif kind in ("noboot", "nokexec"):
             with self._lock:
-                self._faults.add("noboot")
+                self._faults.add(kind)
         elif kind == "hang":
             self._signal_namespace(signal.SIGSTOP)
             with self._lock:

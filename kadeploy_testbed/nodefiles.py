@@ -56,6 +56,12 @@ kill -s "$sig" 1
 """
 
 
+KEXEC_FILE = "kexec.bin"
+"""In a node's directory: what its last ``kexec -e`` jumped to (see nodeinit)."""
+FIRMWARE_LOG = "firmware.log"
+"""In a node's directory: one line per PXE boot and per file its firmware fetched over TFTP."""
+
+
 @dataclass(frozen=True, slots=True)
 class BootSpec:
     """What the firmware decided to boot on a node."""
@@ -194,6 +200,7 @@ def write_boot_files(layout: Layout, node: NodeSpec, boot: BootSpec, disk: dict[
         "disk": disk,
         "chroot_partition": f"sda{boot.partition}" if boot.env == "deployed" else None,
         "status_file": str(node_dir / "init.status"),
+        "kexec_file": str(node_dir / KEXEC_FILE),
     }
     path = boot_dir / "spec.json"
     path.write_text(json.dumps(spec, indent=2), encoding="utf-8")

@@ -8,7 +8,8 @@ What it does, in order: set the hostname; mount a private tmpfs on ``/run`` (hid
 ``/run/systemd``, gives sshd its ``/run/sshd``) and copy its small files there; bind the disk
 files at ``/dev/testbed/sda*``; bind the PXE APPEND line over ``/proc/cmdline`` and the env's
 os-release over ``/etc/os-release``; bind the node's own power script over every path of
-``reboot``, ``poweroff``, ``halt``, ``shutdown`` and ``systemctl``; mount a private ``/tmp``;
+``reboot``, ``poweroff``, ``halt``, ``shutdown`` and ``systemctl``; put the node's ``kexec``
+on the PATH (over ``/usr/local/sbin``); mount a private ``/tmp``;
 for a deployed env loop-mount the partition at ``/run/testbed/root`` with ``/proc``, ``/sys``
 and ``/dev`` inside; then run ``sshd -D -e`` and reap every orphan.
 
@@ -19,7 +20,10 @@ How it ends tells the controller what happened (``unshare`` passes the status on
 * exit ``EXIT_POWEROFF`` after SIGUSR1/SIGUSR2 (halt/poweroff, busybox init's convention), or
   death by SIGINT (``reboot(2)`` with POWER_OFF/HALT): power off;
 * exit ``EXIT_SILENT``: the env cannot start (e.g. unmountable partition): the node stays on and
-  silent, as real hardware hangs at boot.
+  silent, as real hardware hangs at boot;
+* exit ``EXIT_KEXEC`` after SIGPWR (the node's ``kexec -e``): the kernel ``kexec -l`` loaded
+  and its command line are written to the boot spec's ``kexec_file`` first, and the controller
+  boots what they say without running the firmware (no PXE, no TFTP request).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ EXIT_REBOOT = 100
 EXIT_POWEROFF = 101
 EXIT_SILENT = 102
 EXIT_BROKEN = 103
+EXIT_KEXEC = 104
 
 POWER_NAMES = ("reboot", "poweroff", "halt", "shutdown", "systemctl")
 POWER_DIRS = ("/sbin", "/usr/sbin", "/bin", "/usr/bin")
@@ -48,6 +53,60 @@ DISK_DIR = "/dev/testbed"
 CHROOT = f"{RUN_DIR}/root"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 """What the kernel says is this boot's id: a new one at every boot of the node."""
+KEXEC_DIR = f"{RUN_DIR}/kexec"
+"""Inside a node: the kernel and command line ``kexec -l`` loaded (the node's "memory")."""
+SBIN_DIR = f"{RUN_DIR}/sbin"
+"""Inside a node: its own programs, bound over ``/usr/local/sbin`` (first in root's PATH)."""
+LOCAL_SBIN = "/usr/local/sbin"
+
+KEXEC_SCRIPT = r"""#!/bin/sh
+# kadeploy-testbed: this node's kexec, as kexec-tools': `kexec -l KERNEL [--initrd=FILE]
+# [--append=LINE | --command-line=LINE | --reuse-cmdline]` loads a kernel, `kexec -e` jumps
+# to it (no firmware, no PXE), `kexec -u` unloads it. The jump signals the node's own init.
+state=/run/testbed/kexec
+usage() {
+  echo "usage: kexec -l KERNEL [--initrd=FILE] [--append=LINE] | kexec -e | kexec -u" >&2
+  exit 1
+}
+action=""; kernel=""; initrd=""; append=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -l|--load) action=load ;;
+    -e|--exec) action=exec ;;
+    -u|--unload) action=unload ;;
+    --initrd=*|--ramdisk=*) initrd=${1#*=} ;;
+    --initrd|--ramdisk) [ $# -gt 1 ] || usage; shift; initrd=$1 ;;
+    --append=*|--command-line=*) append=${1#*=} ;;
+    --append|--command-line) [ $# -gt 1 ] || usage; shift; append=$1 ;;
+    --reuse-cmdline) append=$(cat /proc/cmdline) ;;
+    -*) echo "kexec: unsupported option $1" >&2; exit 1 ;;
+    *) if [ "$action" = load ] && [ -z "$kernel" ]; then kernel=$1; else usage; fi ;;
+  esac
+  shift
+done
+case "$action" in
+  load)
+    [ -n "$kernel" ] || usage
+    if [ ! -f "$kernel" ] || [ ! -r "$kernel" ]; then
+      echo "kexec: cannot read kernel $kernel" >&2; exit 1
+    fi
+    if [ -n "$initrd" ] && { [ ! -f "$initrd" ] || [ ! -r "$initrd" ]; }; then
+      echo "kexec: cannot read initrd $initrd" >&2; exit 1
+    fi
+    mkdir -p "$state" && rm -f "$state/kernel" &&
+      cp "$kernel" "$state/kernel.new" && printf '%s\n' "$append" > "$state/cmdline" &&
+      mv "$state/kernel.new" "$state/kernel" || { echo "kexec: load failed" >&2; exit 1; }
+    ;;
+  exec)
+    if [ ! -f "$state/kernel" ]; then
+      echo "kexec: no kernel loaded (kexec -l first)" >&2; exit 1
+    fi
+    sync
+    kill -s PWR 1 ;;
+  unload) rm -f "$state/kernel" ;;
+  *) usage ;;
+esac
+"""
 
 
 class _Stop(Exception):
@@ -121,6 +180,13 @@ def _prepare(spec: dict[str, Any]) -> None:
     _bind_file(os.path.join(RUN_DIR, "os-release"), os.path.realpath("/etc/os-release"))
     for target in _power_targets():
         _bind_file(power, target)
+    os.makedirs(SBIN_DIR, mode=0o755, exist_ok=True)
+    kexec = os.path.join(SBIN_DIR, "kexec")
+    with open(kexec, "w", encoding="utf-8") as stream:
+        stream.write(KEXEC_SCRIPT)
+    os.chmod(kexec, 0o755)  # noqa: S103 - a program every user of the node may run
+    if os.path.isdir(LOCAL_SBIN):
+        _mount("--bind", SBIN_DIR, LOCAL_SBIN)
     _mount("-t", "tmpfs", "-o", "mode=1777", "kdtb-tmp", "/tmp")  # noqa: S108 - the node's own /tmp
     # The node's own root home, as on a real machine: the host's /root (its shell profile,
     # e.g. a pyenv shim shadowing the system python3) is not the node's.
@@ -201,6 +267,22 @@ def _serve() -> None:
             sshd = _start_sshd()
 
 
+def _hand_over_kexec(stream: Any) -> None:
+    """Write what ``kexec -l`` loaded for the controller: one JSON line (the command line),
+    then the kernel's bytes. Nothing when nothing is loaded (the controller then reboots the
+    node through its firmware)."""
+    try:
+        with open(os.path.join(KEXEC_DIR, "cmdline"), encoding="utf-8") as cmdline:
+            append = cmdline.read().strip()
+        with open(os.path.join(KEXEC_DIR, "kernel"), "rb") as kernel:
+            data = kernel.read()
+    except OSError as error:
+        _log(f"kexec: nothing loaded: {error}")
+        return
+    stream.write(json.dumps({"cmdline": append}).encode() + b"\n" + data)
+    stream.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or os.getpid() != 1:
@@ -210,12 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.load(stream)
     # Opened now: the node directory may be hidden later (a testbed under /tmp).
     status = open(spec["status_file"], "w", encoding="utf-8")  # noqa: SIM115
+    kexec_out = open(spec["kexec_file"], "wb")  # noqa: SIM115
     # busybox init's convention: TERM reboots, USR1 halts, USR2 powers off.
     signal.signal(signal.SIGTERM, _on_signal(EXIT_REBOOT))
     signal.signal(signal.SIGINT, _on_signal(EXIT_REBOOT))
     signal.signal(signal.SIGUSR1, _on_signal(EXIT_POWEROFF))
     signal.signal(signal.SIGUSR2, _on_signal(EXIT_POWEROFF))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGPWR, _on_signal(EXIT_KEXEC))
     code = EXIT_BROKEN
     try:
         _prepare(spec)
@@ -231,7 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGPWR, signal.SIG_IGN)
     _shutdown()
+    if code == EXIT_KEXEC:
+        _hand_over_kexec(kexec_out)
     if code == EXIT_SILENT:
         # Powered on but nothing runs: stay alive so the node looks like a hung machine.
         _log("silent: waiting for a power action")

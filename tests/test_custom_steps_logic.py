@@ -231,8 +231,8 @@ def test_every_mistake_is_reported_with_its_line_and_key() -> None:
     assert found == [
         "steps.yaml:2: BroadcastEnv.run_postinstals: unknown microstep 'run_postinstals' of "
         "BroadcastEnv; did you mean 'run_postinstalls'?; valid: send_image_chain, "
-        "run_postinstalls, copy_user_keys, check_kernel_files, sync_and_umount, "
-        "send_image_direct, nothing",
+        "run_postinstalls, copy_user_keys, check_kernel_files, install_bootloader, "
+        "sync_and_umount, send_image_direct, nothing",
         "steps.yaml:5: BroadcastEnv.run_postinstalls.pre-op: unknown key; did you mean "
         "'pre-ops'?; valid keys are pre-ops, substitute, post-ops",
         "steps.yaml:7: BroadcastEnv.run_postinstalls.post-ops[0].destination: required for "
@@ -251,7 +251,7 @@ def test_every_mistake_is_reported_with_its_line_and_key() -> None:
         "steps.yaml:22: BroadcastEnv.run_postinstalls.post-ops[5].params: cannot split into "
         "arguments: No closing quotation",
         "steps.yaml:23: BootNewEnvFoo: unknown macrostep 'BootNewEnvFoo'; did you mean "
-        "'BootNewEnv' or 'BootNewEnvHardReboot' or 'BootNewEnvDummy'?; valid: "
+        "'BootNewEnv' or 'BootNewEnvHardReboot' or 'BootNewEnvKexec'?; valid: "
         "SetDeploymentEnv, BroadcastEnv, BootNewEnv (or a variant's class name, e.g. "
         "BroadcastEnvChain)",
     ]

@@ -43,6 +43,7 @@ from kadeployd.config import Node, Variant
 from kadeployd.pxe.profiles import BootTarget, ChainPartition, LocalBoot
 from kadeployd.runtime import TimerHandle, Workers
 from kadeployd.store.writes import AppendLog, FinishNode, RecordState, Write, Writes
+from kadeployd.workflow.automata import job_macrosteps
 from kadeployd.workflow.cancel import CancelToken
 from kadeployd.workflow.context import Again, StepCancelled, StepContext, StepFailed
 from kadeployd.workflow.custom_run import run_microstep
@@ -170,7 +171,9 @@ class NodeActor(pykka.ThreadingActor):
         self._services = services
         self._manager = manager
         self._workers = workers
-        self._plan = Plan(node.settings.automata.macrosteps, OPERATION_MACROSTEPS[job.operation])
+        self._macrosteps = job_macrosteps(node.settings.automata.macrosteps, job.request)
+        """The node's variant lists with the request's options applied (force_steps...)."""
+        self._plan = Plan(self._macrosteps, OPERATION_MACROSTEPS[job.operation])
         self._node_services = NodeServicesImpl(job, node, services, transfer_slots, manager)
         self._state = NodeState.PENDING
         self._tokens = 0
@@ -450,8 +453,7 @@ class NodeActor(pykka.ThreadingActor):
     # ------------------------------------------------------------ helpers
 
     def _variant(self, position: Position) -> Variant:
-        macrosteps = self._node.settings.automata.macrosteps
-        return macrosteps.variants(position.macrostep)[position.variant_index]
+        return self._macrosteps.variants(position.macrostep)[position.variant_index]
 
     def _record_end(self, state: NodeState, message: str, error_step: str | None) -> None:
         write = FinishNode(

@@ -22,6 +22,7 @@ from kadeployd.adapters.ssh import SshConnection, SshTarget, probe
 from kadeployd.chain import Hop
 from kadeployd.config import Node
 from kadeployd.pxe.profiles import BootTarget
+from kadeployd.pxe.user_profiles import UserProfile
 from kadeployd.reboot.jobs import RebootResult
 from kadeployd.reboot.levels import RebootLevel
 from kadeployd.store.writes import RecordProgress
@@ -94,6 +95,16 @@ class NodeServicesImpl:
             self._services,
             directory.PXE,
             lambda pxe: pxe.set_profile(self._node.mac, target),
+            PXE_TIMEOUT,
+        )
+
+    def set_user_pxe(self, profile: UserProfile) -> None:
+        """Write a user's own profile (``kadeploy -w``) as the node's PXE profile."""
+        mac = self._node.mac
+        directory.call(
+            self._services,
+            directory.PXE,
+            lambda pxe: pxe.set_user_profile([mac], profile),
             PXE_TIMEOUT,
         )
 

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 HIDDEN = "(hidden: only the deployment's owner and administrators see this)"
 """What replaces a field another user may not read."""
-PRIVATE_OPTIONS = frozenset({"custom_steps"})
+PRIVATE_OPTIONS = frozenset({"custom_steps", "pxe"})
 """Options of a deployment only its owner and administrators see."""
 
 

@@ -19,7 +19,7 @@ from kadeploy_core.schemas import (
     NodeDetailOut,
     NodeStateOut,
 )
-from kadeployd.api import custom_steps, environments
+from kadeployd.api import custom_steps, deploy_options, environments
 from kadeployd.api.auth import Caller, CallerDep, Context
 from kadeployd.api.context import ApiContext
 from kadeployd.api.convert import deployment_out, history_out, node_state_out, sees_details
@@ -52,6 +52,9 @@ def create_deployment(
     is answered by kadeployd/api/errors.py."""
     breakpoint = custom_steps.check_breakpoint(body.breakpoint)
     steps = custom_steps.check_custom_steps(body.custom_steps) if body.custom_steps else None
+    options = deploy_options.request_options(body, caller, context.config)
+    pxe = deploy_options.check_pxe(body, caller)
+    pxe_taken: deploy_options.TakenPxe | None = None
     keys = _keys(context, caller, body)
     anonymous_dir: Path | None = None
     taken: list[tuple[UploadInfo, Path]] = []
@@ -59,6 +62,8 @@ def create_deployment(
     steps_taken: list[tuple[UploadInfo, Path]] = []
     started = False
     try:
+        if pxe is not None:
+            pxe_taken = deploy_options.take_pxe(context, caller, pxe, body)
         if steps is not None and body.custom_steps is not None:
             steps, steps_dir, steps_taken = custom_steps.take_files(
                 context, caller, steps, body.custom_steps
@@ -89,6 +94,8 @@ def create_deployment(
             anonymous=anonymous_dir is not None,
             breakpoint=breakpoint,
             custom_steps=steps,
+            pxe=pxe,
+            **options,
         )
         deployment_id = context.daemon.deploy(request, force=body.force, caller=caller.user)
         started = True
@@ -101,9 +108,11 @@ def create_deployment(
             environments.remove_directory(anonymous_dir)
         if steps_dir is not None:
             custom_steps.give_back(context, steps_taken, steps_dir)
+        deploy_options.release_pxe(context, pxe_taken, failed=True)
         raise
     finally:  # recorded in the store as running, or removed: no longer held
         environments.release(anonymous_dir)
+    deploy_options.release_pxe(context, pxe_taken, failed=False)
     logger.info("deployment %s of %s created by %s", deployment_id, env.name, caller.user)
     response.headers["Location"] = f"/v1/deployments/{deployment_id}"
     view = context.reader.deployment(deployment_id)

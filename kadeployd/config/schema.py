@@ -171,6 +171,13 @@ class DiskSettings(Frozen):
     filesystem: Literal["ext2", "ext3", "ext4", "xfs"] = "ext4"
     partitioning_script: Path | None = None
     """Admin script run in the deploy env before formatting; None keeps the partition table."""
+    tmp_partition: PartitionNumber | None = None
+    """The node's /tmp partition, which ``kadeploy -r FSTYPE`` reformats; None: the nodes
+    have none, and a deployment asking for it is refused."""
+    bootloader_script: Path | None = None
+    """Admin script run in the deploy env once the image is on the deploy partition (mounted
+    at ``KADEPLOY_ENV_EXTRACTION_DIR``), to install the boot loader that a firmware booting
+    the disk (``kadeploy -c 0``) runs; None installs nothing."""
 
     def partition_path(self, number: int) -> str:
         """Device path of partition ``number`` (``/dev/sda3``, ``/dev/nvme0n1p3``)."""

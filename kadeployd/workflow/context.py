@@ -24,6 +24,7 @@ from kadeploy_core.policy import Position
 from kadeployd.adapters.commands import CommandResult
 from kadeployd.config import DiskSettings, Node
 from kadeployd.pxe.profiles import BootTarget
+from kadeployd.pxe.user_profiles import UserProfile
 from kadeployd.reboot.levels import RebootLevel
 from kadeployd.workflow.cancel import CancelToken
 from kadeployd.workflow.job import DeploymentJob
@@ -66,6 +67,10 @@ class NodeServices(Protocol):
 
     def set_pxe(self, target: BootTarget) -> None:
         """Write the node's PXE profile (bounded wait)."""
+        ...
+
+    def set_user_pxe(self, profile: UserProfile) -> None:
+        """Write a user's own profile as the node's PXE profile (bounded wait)."""
         ...
 
     def request_reboot(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,10 @@ from kadeploy_core.breakpoint import Breakpoint
 from kadeploy_core.custom_ops import CustomSteps
 from kadeploy_core.environment import EnvironmentDescription, ImageKind
 from kadeploy_core.errors import KadeployError
+from kadeploy_core.forcesteps import ForcedSteps
 from kadeploy_core.plans import Operation
+from kadeployd.config.timeouts import Timeout
+from kadeployd.pxe.user_profiles import UserProfile
 from kadeployd.reboot.levels import RebootLevel
 
 MOUNT_POINT = "/mnt/dest"
@@ -27,6 +31,37 @@ class NoEnvironment(BaseModel):
 
     name: str
     version: int | None = None
+
+
+SINGULARITY = "NODE_SINGULARITY"
+"""What Kadeploy3 replaces by each node's value in a user's profile (``--set-pxe-pattern``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CustomPxe:
+    """``kadeploy -w``: the user's checked profile (``FILES_PREFIX`` substituted) that
+    BootNewEnv writes for each node, and each node's singularity."""
+
+    profile: UserProfile
+    singularities: Mapping[str, str] | None = None
+    files: tuple[str, ...] = ()
+    """The names of the files published under the user's TFTP directory."""
+
+    def for_node(self, node: str) -> UserProfile:
+        """The profile of ``node``: ``NODE_SINGULARITY`` replaced by its value ("" if none)."""
+        if self.singularities is None or SINGULARITY not in self.profile.text:
+            return self.profile
+        value = self.singularities.get(node, "")
+        return UserProfile(self.profile.user, self.profile.text.replace(SINGULARITY, value))
+
+    def shown(self) -> dict[str, Any]:
+        """As recorded in the deployment's options."""
+        singularities = dict(self.singularities) if self.singularities is not None else None
+        return {
+            "profile": self.profile.text,
+            "singularities": singularities,
+            "files": list(self.files),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +87,26 @@ class DeploymentRequest:
     """``--breakpoint``: where each node stops (kadeploy_core/breakpoint.py)."""
     custom_steps: CustomSteps | None = None
     """``--custom-steps``: operations around microsteps (kadeploy_core/custom_ops.py)."""
+    boot_partition: int | None = None
+    """``-c``: the partition BootNewEnv boots instead of the deploy partition (0: the disk's
+    own boot record); a firmware boot, so no kexec."""
+    reformat_tmp: str | None = None
+    """``-r FSTYPE``: SetDeploymentEnv makes this filesystem on ``disk.tmp_partition``."""
+    disable_disk_partitioning: bool = False
+    """``--disable-disk-partitioning``: partition_disk does nothing."""
+    disable_bootloader_install: bool = False
+    """``--disable-bootloader-install``: install_bootloader does nothing."""
+    disable_kexec: bool = False
+    """``--no-kexec``: the kexec variants of BootNewEnv are left out."""
+    timeout_reboot_classical: Timeout | None = None
+    """``--reboot-classical-timeout``: the timeout of BootNewEnv's classical and hard_reboot
+    variants."""
+    timeout_reboot_kexec: Timeout | None = None
+    """``--reboot-kexec-timeout``: the timeout of BootNewEnv's kexec variants."""
+    force_steps: ForcedSteps | None = None
+    """``--force-steps``: the automata of this deployment instead of the configured one."""
+    pxe: CustomPxe | None = None
+    """``-w``/``-x``/``--set-pxe-pattern``: the user's profile BootNewEnv writes."""
 
     def options(self) -> dict[str, Any]:
         """The options as recorded in the store."""
@@ -68,6 +123,24 @@ class DeploymentRequest:
             options["breakpoint"] = str(self.breakpoint)
         if self.custom_steps is not None:
             options["custom_steps"] = self.custom_steps.shown()
+        return options | self._kadeploy3_options()
+
+    def _kadeploy3_options(self) -> dict[str, Any]:
+        """The Kadeploy3 deployment options given, under their API names."""
+        options: dict[str, Any] = {}
+        for name in ("boot_partition", "reformat_tmp"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
+        for name in ("disable_disk_partitioning", "disable_bootloader_install", "disable_kexec"):
+            if getattr(self, name):
+                options[name] = True
+        for name in ("timeout_reboot_classical", "timeout_reboot_kexec"):
+            if getattr(self, name) is not None:
+                options[name] = str(getattr(self, name))
+        if self.force_steps is not None:
+            options["force_steps"] = self.force_steps.text
+        if self.pxe is not None:
+            options["pxe"] = self.pxe.shown()
         return options
 
 

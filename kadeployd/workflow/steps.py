@@ -28,10 +28,15 @@ from kadeployd.chain import (
     relay_stdin,
 )
 from kadeployd.environment import Compression, ImageKind, ScriptArchive
-from kadeployd.pxe.profiles import ChainPartition, DeployKernel, NetworkKernel
+from kadeployd.pxe.profiles import ChainPartition, DeployKernel, LocalBoot, NetworkKernel
 from kadeployd.reboot.levels import LEVELS, RebootLevel, escalate, stronger_level
 from kadeployd.workflow.context import Again, ProbeView, RebootTicket, StepContext, StepFailed
 from kadeployd.workflow.job import MOUNT_POINT
+from kadeployd.workflow.option_steps import (
+    format_tmp_partition,
+    install_bootloader,
+    kexec_deployed_env,
+)
 
 DEPLOY_MARKER = "kadeploy.deployment"
 """Kernel parameter added to the deploy env's APPEND line: seeing ``kadeploy.deployment=<id>``
@@ -222,6 +227,9 @@ def check_prod_env(ctx: StepContext) -> None:
 def partition_disk(ctx: StepContext) -> None:
     """Run the cluster's partitioning script in the deploy env, if one is configured."""
     script = ctx.disk.partitioning_script
+    if ctx.job.request.disable_disk_partitioning:
+        ctx.log("info", "partition_disk skipped: disable_disk_partitioning")
+        return
     if script is None:
         ctx.log("info", "no partitioning script: partition table kept")
         return
@@ -415,8 +423,18 @@ def sync_and_umount(ctx: StepContext) -> None:
 
 
 def switch_pxe_to_deployed_env(ctx: StepContext) -> None:
-    """Boot the environment's kernel over TFTP, or chain-load the deploy partition."""
+    """Boot the environment's kernel over TFTP, or chain-load the deploy partition, or the
+    partition the request names (``boot_partition``; 0: the disk's own boot record), or
+    write the user's own profile (``pxe``, ``kadeploy -w``)."""
     refs = ctx.job.boot_files
+    custom = ctx.job.request.pxe
+    if custom is not None:
+        ctx.services.set_user_pxe(custom.for_node(ctx.node.name))
+        return
+    chosen = ctx.job.request.boot_partition
+    if chosen is not None:
+        ctx.services.set_pxe(ChainPartition(0, chosen) if chosen else LocalBoot())
+        return
     if refs is None:
         ctx.services.set_pxe(ChainPartition(0, ctx.deploy_partition))
         return
@@ -515,6 +533,9 @@ STEPS: dict[str, StepRunner] = {
             check_prod_env,
             partition_disk,
             format_deploy_partition,
+            format_tmp_partition,
+            kexec_deployed_env,
+            install_bootloader,
             send_image_chain,
             send_image_direct,
             run_postinstalls,
