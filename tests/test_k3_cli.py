@@ -128,6 +128,17 @@ def test_no_wait_prints_the_workflow_id_and_its_url(cli_server: CliServer) -> No
     assert result.stdout == f"{ident} {url}\n"
     with cli_server.api("alice") as alice:
         assert wait_finished(alice, ident)["status"] == "succeeded"
+    script = cli_server.home / "true.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    detached = cli_server.run(
+        "kadeploy3", "-m", "n-1", "-e", "tiny", "--no-wait", "-s", str(script)
+    )
+    assert detached.returncode == 0, detached.stderr
+    ident, _ = detached.stdout.splitlines()[0].split()
+    assert detached.stdout.splitlines()[1:] == ["", f"Running {script.resolve()}", "", "Success !"]
+    with cli_server.api("alice") as alice:
+        assert wait_finished(alice, ident)["status"] == "succeeded"
 
 
 def test_option_errors_exit_1_with_kadeploy3s_messages(cli_server: CliServer) -> None:

@@ -527,10 +527,9 @@ def run_everywhere(
             _check_known(client, refs)
             printer = Printer(None, lock)
             outcome = run_one(client, refs, printer)
-            if outcome is None:
-                return 0
-            print_result(operation, outcome, options, printer)
-        return _script(options, [outcome])
+            if outcome is not None:
+                print_result(operation, outcome, options, printer)
+        return _script(options, [outcome] if outcome is not None else [])
     plan = _split_by_server(session, refs, lock)
     results: list[Outcome] = []
     errors: list[BaseException] = []
@@ -559,7 +558,7 @@ def run_everywhere(
         interrupted(Printer(None, lock))
     if errors:
         raise errors[0]  # the first server's error decides the exit status, as in Kadeploy3
-    return _script(options, results) if results else 0
+    return _script(options, results)
 
 
 def _check_known(client: Client, refs: list[NodeRef]) -> None:
