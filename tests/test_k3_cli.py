@@ -435,3 +435,14 @@ def test_debug_mode_writes_on_fd_3_when_the_caller_opened_it(cli_server: CliServ
     assert lines and all(line.startswith("[dbg] [n-3] ") for line in lines), lines
     on_stdout = cli_server.run("kadeploy3", "-m", "n-3", "-e", "tiny", "-d")
     assert "[dbg] [n-3] " in on_stdout.stdout
+
+
+def test_kareboot3_deploy_env_no_wait_prints_its_id_and_url(cli_server: CliServer) -> None:
+    result = cli_server.run("kareboot3", "-m", "n-3", "-r", "deploy_env", "--no-wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    ident, url = result.stdout.split()
+    assert url.endswith(f"/v1/deployments/{ident}") and url.startswith("http+unix://")
+    with cli_server.api("alice") as alice:
+        assert wait_finished(alice, ident)["options"]["operation"] == "deploy_env"
+    simple = cli_server.run("kareboot3", "-m", "n-3", "--no-wait")
+    assert simple.returncode == 1 and "--no-wait" in simple.stderr
