@@ -149,7 +149,24 @@ _RECORDED_ENV_RENAMES = {
 and waiting for a node that may come back with the host key it had."""
 
 
+SET_VLAN = _m("set_vlan", E.BOOT_ORDERED)
+"""``kadeploy --vlan``: the last microstep of every BootNewEnv variant, once the node
+answers in its new env: the site's switch command moves it onto the VLAN (Kadeploy3's
+set_vlan; after it the daemon may no longer reach the node, so nothing follows)."""
+
+
 def microsteps(
+    operation: Operation, macrostep: Macrostep, variant: str, *, vlan: bool = False
+) -> tuple[MicrostepPlan, ...]:
+    """What runs for an attempt of ``variant`` of ``macrostep`` in ``operation``; with
+    ``vlan``, BootNewEnv ends with :data:`SET_VLAN`."""
+    steps = _variant_microsteps(operation, macrostep, variant)
+    if vlan and macrostep == Macrostep.BOOT_NEW_ENV:
+        return (*steps, SET_VLAN)
+    return steps
+
+
+def _variant_microsteps(
     operation: Operation, macrostep: Macrostep, variant: str
 ) -> tuple[MicrostepPlan, ...]:
     """What runs for an attempt of ``variant`` of ``macrostep`` in ``operation``."""

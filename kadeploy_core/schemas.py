@@ -81,6 +81,20 @@ FileName = Annotated[
     str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_+][A-Za-z0-9._+-]*$")
 ]
 UploadId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+MAX_VLAN = 4094
+"""VLAN ids go from 1 to 4094 (IEEE 802.1Q reserves 0 and 4095)."""
+
+
+def _vlan_id(value: str) -> str:
+    if not (value.isascii() and value.isdigit() and len(value) <= 4) or not (
+        1 <= int(value) <= MAX_VLAN
+    ):
+        shown = value if len(value) <= 20 else f"{value[:20]}..."
+        raise ValueError(f"expected a VLAN id from 1 to {MAX_VLAN}, such as '100'; got {shown!r}")
+    return str(int(value))
+
+
+VlanId = Annotated[str, AfterValidator(_vlan_id)]
 TimeoutText = Annotated[
     str,
     Field(
@@ -183,6 +197,10 @@ class DeploymentCreate(_In):
     """``--breakpoint``: MACROSTEP or MACROSTEP:MICROSTEP; each node stops before it."""
     custom_steps: CustomStepsIn | None = None
     """``--custom-steps``: operations run around microsteps."""
+    vlan: VlanId | None = None
+    """``--vlan ID`` (KaVLAN): once each node booted its new env, the site's switch
+    command (the nodes' ``vlan.switch``) moves it onto VLAN ID; nodes without one are
+    refused."""
     boot_partition: Annotated[int, Field(ge=0, le=128)] | None = None
     """``-c``: the partition BootNewEnv boots instead of the deploy partition (0: the disk)."""
     reformat_tmp: Annotated[str, Field(pattern=r"^[a-z0-9]{1,16}$")] | None = None

@@ -210,6 +210,20 @@ def fault(directory: Path, node: str, kind: str) -> None:
     )
 
 
+@main.command()
+@dir_option
+@click.argument("node")
+@click.argument("vlan", type=click.IntRange(1, 4094))
+def vlan(directory: Path, node: str, vlan: int) -> None:
+    """Move NODE's link onto VLAN of the bridge, untagged (--netns testbeds; 1 is the
+    default VLAN): what the site's KaVLAN does for kadeploy --vlan (the generated vlan.switch)."""
+    try:
+        tb.attach(directory).set_vlan(node, vlan)
+    except tb.TestbedError as error:
+        raise _fail(error) from None
+    click.echo(f"{node}: VLAN {vlan}")
+
+
 @main.command("make-image")
 @click.option(
     "--out",
@@ -250,3 +264,7 @@ def make_image(
     except image.MakeImageError as error:
         raise _fail(error) from None
     click.echo(f"image {result.image} ({result.size} bytes), description {result.description}")
+
+
+if __name__ == "__main__":  # the generated vlan.switch runs ``python -m kadeploy_testbed.cli``
+    main()

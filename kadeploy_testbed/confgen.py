@@ -7,6 +7,7 @@ power commands are plain ipmitool calls against each node's BMC and ssh with the
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,13 @@ def nodes_conf(nodes: list[NodeSpec], name_format: str = DEFAULT_NAME_FORMAT) ->
     return entries
 
 
+def vlan_conf(layout: Layout) -> dict[str, Any]:
+    """KaVLAN of a ``--netns`` testbed: ``kadeploy-testbed vlan NODE ID`` moves the node's
+    link onto VLAN ID of the bridge (run by this very interpreter: no PATH needed)."""
+    command = [sys.executable, "-m", "kadeploy_testbed.cli", "vlan", "--dir", str(layout.root)]
+    return {"switch": [*command, "{node}", "{vlan}"], "command_timeout": 30}
+
+
 def _dump(path: Path, header: str, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
@@ -190,16 +198,20 @@ def write_conf(
     tftp_port: int,
     *,
     name_format: str = DEFAULT_NAME_FORMAT,
+    netns: bool = False,
 ) -> None:
     """Write ``DIR/conf`` for a daemon driving this testbed (and the deploy env host key it
-    pins, made once per testbed)."""
+    pins, made once per testbed); with ``netns``, nodes can change VLAN (``vlan.switch``)."""
     conf = layout.conf_dir
     layout.root.mkdir(parents=True, exist_ok=True)
     ensure_host_key(layout.deploy_host_key, regenerate=False)
+    settings = deploy_conf(layout, tftp_host, tftp_port)
+    if netns:
+        settings["vlan"] = vlan_conf(layout)
     _dump(
         conf / "deploy.conf",
         "# Written by kadeploy-testbed up: a daemon configuration for this testbed.\n",
-        deploy_conf(layout, tftp_host, tftp_port),
+        settings,
     )
     _dump(
         conf / "clusters" / f"{CLUSTER}.conf",

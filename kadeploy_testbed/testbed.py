@@ -34,7 +34,7 @@ from kadeploy_testbed.layout import (
     node_specs,
 )
 from kadeploy_testbed.nodefiles import make_disk, write_power_script
-from kadeploy_testbed.state import TestbedConfig, load_state, reset_state, update_state
+from kadeploy_testbed.state import TestbedConfig, load_state, record, reset_state, update_state
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,14 @@ class Testbed:
         return result
 
     def reset(self, names: list[str] | None = None, timeout: float = 60.0) -> None:
-        """Clear faults and boot nodes straight back into prod; wait until they answer SSH."""
+        """Clear faults, put nodes back on the default VLAN (``--netns``) and boot them
+        straight back into prod; wait until they answer SSH."""
+        if self.config.netns:
+            for spec in self.nodes:
+                vlan = netns.port_vlan(spec.veth_host)
+                moved = vlan is not None and vlan != netns.DEFAULT_VLAN
+                if moved and (not names or spec.name in names):
+                    netns.set_port_vlan(spec.veth_host, netns.DEFAULT_VLAN)
         reset = self._request({"op": "reset", "nodes": names or []})
         self.wait_env(reset, "prod", timeout)
 
@@ -185,6 +192,36 @@ class Testbed:
             "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
             "-o", "ConnectTimeout=5", f"root@{spec.address}", *command,
         ]  # fmt: skip
+
+    def set_vlan(self, name: str, vlan: int) -> None:
+        """Move node ``name``'s link onto VLAN ``vlan`` of the bridge (``--netns`` only): what
+        the site's KaVLAN does when a deployment asks for ``--vlan``."""
+        spec = self.node(name)
+        if not self.config.netns:
+            raise TestbedError("VLANs need a testbed brought up with --netns")
+        try:
+            netns.set_port_vlan(spec.veth_host, vlan)
+        except netns.NetnsError as error:
+            raise TestbedError(f"{name}: {error}") from None
+
+    def vlan_namespace(self, vlan: int) -> netns.VlanNamespace:
+        """A namespace on VLAN ``vlan`` of the bridge, to reach the nodes moved there; ``down``
+        removes it."""
+        if not self.config.netns:
+            raise TestbedError("VLANs need a testbed brought up with --netns")
+        record(self.layout, "vlan_netns", netns.vlan_namespace_of(vlan).name)
+        try:
+            return netns.vlan_namespace(vlan)
+        except netns.NetnsError as error:
+            raise TestbedError(str(error)) from None
+
+    def remove_vlan_namespace(self, vlan: int) -> None:
+        name = netns.vlan_namespace_of(vlan).name
+        netns.remove_vlan_namespace(name)
+        update_state(
+            self.layout,
+            lambda s: s.update(vlan_netns=[n for n in s.get("vlan_netns", []) if n != name]),
+        )
 
     def down(self) -> list[str]:
         return down(self.layout.root)
@@ -235,6 +272,7 @@ def _prepare(layout: Layout, config: TestbedConfig) -> None:
         config.tftp_host,
         config.tftp_port,
         name_format=config.name_format,
+        netns=config.netns,
     )
     layout.nodefile.write_text("".join(f"{spec.name}\n" for spec in nodes), encoding="utf-8")
     # Mount point of the nodes' disk tmpfs (mounted only inside node namespaces).
@@ -448,7 +486,8 @@ def _sweep_devices(layout: Layout, state: dict[str, Any]) -> list[str]:
         swept.append(f"loop {device}")
     if isinstance(state.get("config"), dict) and state["config"].get("netns"):
         config = TestbedConfig.from_dict(state["config"])
-        swept += netns.sweep(node_specs(config.nodes, netns=True, first=config.first))
+        vlans = [str(name) for name in state.get("vlan_netns", [])]
+        swept += netns.sweep(node_specs(config.nodes, netns=True, first=config.first), vlans)
     return swept
 
 
@@ -468,7 +507,9 @@ def down(directory: str | Path, *, quiet: bool = False) -> list[str]:
     if layout.state_file.exists():
         update_state(
             layout,
-            lambda s: s.update(controller_ready=False, controller_pid=None, loops=[], netns=[]),
+            lambda s: s.update(
+                controller_ready=False, controller_pid=None, loops=[], netns=[], vlan_netns=[]
+            ),
         )
     if swept and not quiet:
         logger.info("swept: %s", ", ".join(swept))

@@ -44,7 +44,8 @@ def test_every_microstep_of_every_plan_has_code() -> None:
         for operation, macrosteps in OPERATION_MACROSTEPS.items()
         for macrostep in macrosteps
         for variant in VARIANTS[macrostep]
-        for step in microsteps(operation, macrostep, variant)
+        for vlan in (False, True)  # kadeploy --vlan adds set_vlan to BootNewEnv
+        for step in microsteps(operation, macrostep, variant, vlan=vlan)
     }
     assert names <= set(STEPS), names - set(STEPS)
     assert set(STEPS) == names  # and no code without a name in a plan

@@ -258,7 +258,8 @@ class NodeActor(pykka.ThreadingActor):
         variant = self._variant(position)
         self._tokens += 1
         token = self._tokens
-        steps = microsteps(self._job.operation, position.macrostep, variant.type)
+        vlan = self._job.request.vlan is not None
+        steps = microsteps(self._job.operation, position.macrostep, variant.type, vlan=vlan)
         attempt = _Attempt(token, position, variant.type, steps, CancelToken())
         self._attempt = attempt
         self._node_services.bind(attempt.cancel)

@@ -34,6 +34,7 @@ from kadeployd.admission.disks import check_block_device, rights_key
 from kadeployd.admission.holds import NodeHolds
 from kadeployd.admission.owners import check_force
 from kadeployd.admission.refusal import AdmissionRefused, Refusal
+from kadeployd.admission.vlan import check_vlan
 from kadeployd.config import Config, Node
 from kadeployd.environment import EnvironmentDescription
 from kadeployd.store.rights import ANY, Right
@@ -81,6 +82,7 @@ def admit_deployment(
         _invalid(Problem(SOURCE, "no node to deploy", "nodes"))
     nodes = [config.nodes[name] for name in names]
     check_block_device(nodes, request.block_device, request.deploy_partition)
+    check_vlan(nodes, request.vlan)
     if isinstance(request.environment, EnvironmentDescription):
         _check_clusters(request.environment, request.nodes, config.nodes)
     # The user whose rights count: None for an administrator or the daemon's own code.

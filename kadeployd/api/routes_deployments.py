@@ -94,6 +94,7 @@ def create_deployment(
             anonymous=anonymous_dir is not None,
             breakpoint=breakpoint,
             custom_steps=steps,
+            vlan=body.vlan,
             pxe=pxe,
             **options,
         )

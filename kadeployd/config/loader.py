@@ -29,8 +29,13 @@ from kadeploy_core.validation import MISSING, problems_from
 from kadeploy_core.yamldoc import KeyPath, YamlDocument, YamlLoadError, dotted, load_yaml_file
 from kadeployd.config.layers import Layer, Merged, merge
 from kadeployd.config.model import Config, Node
-from kadeployd.config.schema import DaemonSettings, NodeSettings
-from kadeployd.config.templates import NODE_FIELDS, TemplateError, placeholders
+from kadeployd.config.schema import VLAN_FIELDS, DaemonSettings, NodeSettings
+from kadeployd.config.templates import (
+    NODE_FIELDS,
+    CommandTemplate,
+    TemplateError,
+    placeholders,
+)
 
 DEPLOY_CONF = "deploy.conf"
 NODES_CONF = "nodes.conf"
@@ -362,6 +367,14 @@ def _semantic_problems(settings: NodeSettings, locate: Any) -> list[Problem]:
                 f"unknown placeholder {{{field_name}}}{did_you_mean(field_name, allowed)}; "
                 f"valid: {', '.join('{' + a + '}' for a in allowed)} (add others under vars:)",
                 ("power", name),
+            )
+    vlan_fields = (*allowed, *VLAN_FIELDS)
+    if isinstance(settings.vlan.switch, CommandTemplate):
+        for field_name in settings.vlan.switch.unknown_fields(vlan_fields):
+            add(
+                f"unknown placeholder {{{field_name}}}{did_you_mean(field_name, vlan_fields)}; "
+                f"valid: {', '.join('{' + a + '}' for a in vlan_fields)} (add others under vars:)",
+                ("vlan", "switch"),
             )
     try:
         disk_fields = set(placeholders(settings.disk.partition_device))

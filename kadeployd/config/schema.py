@@ -133,6 +133,22 @@ class PowerSettings(Frozen):
         return {name: t for name, t in found.items() if isinstance(t, CommandTemplate)}
 
 
+VLAN_FIELDS = ("vlan", "user")
+"""Placeholders ``vlan.switch`` may use besides a power command's: the VLAN id asked
+for and the user who deploys (Kadeploy3's ``VLAN_ID`` and ``USER``)."""
+
+
+class VlanSettings(Frozen):
+    """KaVLAN: how the site moves a node onto a VLAN (``kadeploy --vlan ID``)."""
+
+    switch: Command | None = None
+    """Argument list run once the node booted its new env, e.g. ``[kavlan, -s, -i,
+    '{vlan}', -m, '{node}', -u, '{user}']``; the power commands' placeholders and ``vars``
+    plus ``{vlan}`` and ``{user}``; secrets masked as in power commands
+    (``power.secret_vars``). None: the nodes cannot change VLAN."""
+    command_timeout: Seconds = 30
+
+
 class BootSettings(Frozen):
     """PXE boot of the deploy env and of the prod env."""
 
@@ -226,6 +242,7 @@ class NodeSettings(Frozen):
     ssh: SshSettings = SshSettings()
     vars: dict[str, Annotated[str, BeforeValidator(_template_item)]] = {}
     power: PowerSettings = PowerSettings()
+    vlan: VlanSettings = VlanSettings()
     boot: BootSettings
     disk: DiskSettings = DiskSettings()
     automata: Automata

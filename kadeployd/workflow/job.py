@@ -87,6 +87,9 @@ class DeploymentRequest:
     """``--breakpoint``: where each node stops (kadeploy_core/breakpoint.py)."""
     custom_steps: CustomSteps | None = None
     """``--custom-steps``: operations around microsteps (kadeploy_core/custom_ops.py)."""
+    vlan: str | None = None
+    """``--vlan``: the VLAN id each node is moved onto once it booted its new env
+    (kadeployd/workflow/vlan.py)."""
     boot_partition: int | None = None
     """``-c``: the partition BootNewEnv boots instead of the deploy partition (0: the disk's
     own boot record); a firmware boot, so no kexec."""
@@ -123,6 +126,8 @@ class DeploymentRequest:
             options["breakpoint"] = str(self.breakpoint)
         if self.custom_steps is not None:
             options["custom_steps"] = self.custom_steps.shown()
+        if self.vlan is not None:
+            options["vlan"] = self.vlan
         return options | self._kadeploy3_options()
 
     def _kadeploy3_options(self) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from kadeployd.workflow.option_steps import (
     install_bootloader,
     kexec_deployed_env,
 )
+from kadeployd.workflow.vlan import set_vlan
 
 DEPLOY_MARKER = "kadeploy.deployment"
 """Kernel parameter added to the deploy env's APPEND line: seeing ``kadeploy.deployment=<id>``
@@ -520,6 +521,7 @@ STEPS: dict[str, StepRunner] = {
     "nothing": StepRunner(nothing, Pool.INLINE),
     "switch_pxe_to_deploy_env": StepRunner(switch_pxe_to_deploy_env, Pool.FILES),
     "switch_pxe_to_deployed_env": StepRunner(switch_pxe_to_deployed_env, Pool.FILES),
+    "set_vlan": StepRunner(set_vlan, Pool.SSH),  # a local command: blocks like SSH
     **{
         step.__name__: StepRunner(step, Pool.SSH)
         for step in (
