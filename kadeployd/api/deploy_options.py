@@ -25,7 +25,7 @@ from kadeployd.api.errors import ApiError
 from kadeployd.api.uploads import UploadInfo
 from kadeployd.config import Config
 from kadeployd.config.timeouts import Timeout, TimeoutSyntaxError
-from kadeployd.pxe import user_profiles
+from kadeployd.pxe import held_files, user_profiles
 from kadeployd.pxe.errors import PxeError
 from kadeployd.pxe.user_profiles import check_profile
 from kadeployd.workflow.job import SINGULARITY, CustomPxe
@@ -146,26 +146,36 @@ def take_pxe(
         taken = environments.take_uploads(context, caller, body.pxe.files, directory)
         files = {name: directory / name for name in body.pxe.files}
         settings = context.config.daemon
-        user_profiles.publish_files(
+        published = user_profiles.publish_files(
             settings.tftp_root, caller.user, files, settings.max_set_pxe_files_mib << 20
         )
+        # Held until the deployment ends: BootNewEnv names them only minutes later.
+        held_files.hold(directory.name, published)
     except InputError as exc:
-        release_pxe(context, TakenPxe(pxe, directory, taken), failed=True)
+        release_pxe(context, TakenPxe(pxe, directory, taken), deployment_id=None)
         problems = [Problem("request", p.message, "body.pxe.files") for p in exc.problems]
         raise ApiError(413, "too_large", problems[0].message, problems) from None
     except PxeError as exc:
-        release_pxe(context, TakenPxe(pxe, directory, taken), failed=True)
+        release_pxe(context, TakenPxe(pxe, directory, taken), deployment_id=None)
         raise ApiError(500, "pxe_error", f"cannot publish the PXE files: {exc}") from None
     except BaseException:
-        release_pxe(context, TakenPxe(pxe, directory, taken), failed=True)
+        release_pxe(context, TakenPxe(pxe, directory, taken), deployment_id=None)
         raise
     return TakenPxe(pxe, directory, taken)
 
 
-def release_pxe(context: ApiContext, taken: TakenPxe | None, *, failed: bool) -> None:
-    """The uploads' directory is no longer needed; a failed request gives them back."""
+def release_pxe(context: ApiContext, taken: TakenPxe | None, *, deployment_id: str | None) -> None:
+    """The uploads' directory is no longer needed. The published files are held by the
+    deployment started (``deployment_id``) until it ends (kadeployd/pxe/held_files.py); a
+    failed request (None) gives the uploads back and removes the files no profile names."""
     if taken is None:
         return
-    if failed:
+    holder = taken.directory.name
+    if deployment_id is None:
         environments.give_back(context, taken.taken)
+        unused = held_files.release(holder)
+    else:
+        unused = held_files.rename(holder, deployment_id)  # it may have ended already
+    if unused:
+        user_profiles.remove_unreferenced(context.config.daemon.tftp_root, unused)
     environments.remove_directory(taken.directory)

@@ -100,6 +100,7 @@ def create_deployment(
         )
         deployment_id = context.daemon.deploy(request, force=body.force, caller=caller.user)
         started = True
+        deploy_options.release_pxe(context, pxe_taken, deployment_id=deployment_id)
         _tidy_after_start(context, deployment_id, anonymous_dir, steps_dir)
     except BaseException:
         if started:  # the deployment runs: its files stay
@@ -109,11 +110,10 @@ def create_deployment(
             environments.remove_directory(anonymous_dir)
         if steps_dir is not None:
             custom_steps.give_back(context, steps_taken, steps_dir)
-        deploy_options.release_pxe(context, pxe_taken, failed=True)
+        deploy_options.release_pxe(context, pxe_taken, deployment_id=None)
         raise
     finally:  # recorded in the store as running, or removed: no longer held
         environments.release(anonymous_dir)
-    deploy_options.release_pxe(context, pxe_taken, failed=False)
     logger.info("deployment %s of %s created by %s", deployment_id, env.name, caller.user)
     response.headers["Location"] = f"/v1/deployments/{deployment_id}"
     view = context.reader.deployment(deployment_id)

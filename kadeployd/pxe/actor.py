@@ -22,7 +22,7 @@ from typing import Any
 import pykka
 
 from kadeployd.environment.bootfiles import sweep_boot_files
-from kadeployd.pxe import user_profiles
+from kadeployd.pxe import held_files, user_profiles
 from kadeployd.pxe.errors import PxeError
 from kadeployd.pxe.files import ENVS_DIR, PxeFiles
 from kadeployd.pxe.profiles import BootTarget
@@ -136,6 +136,8 @@ class PxeActor(SupervisedActor):
                 except PxeError as err:
                     logger.warning("deployment %s: %s", ended, err)
         sweep_boot_files(self._files.root, keep=self._keys_of(running))
+        # Its own PXE files (kadeploy -w), unless a node's profile still names them.
+        user_profiles.remove_unreferenced(self._files.root, held_files.release(ended))
 
     def _keys_of(self, deployment_ids: Collection[str]) -> list[str]:
         suffixes = tuple(f"-{ident[:8]}" for ident in deployment_ids)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from kadeploy_core.errors import InputError, Problem
 from kadeploy_core.filenames import check_file_name
+from kadeployd.pxe import held_files
 from kadeployd.pxe.errors import PxeError
 from kadeployd.pxe.files import atomic_write
 from kadeployd.pxe.profiles import PROFILE_DIR, profile_path, validate_tftp_path
@@ -270,7 +271,7 @@ def sweep_user_files(
             users = [entry.name for entry in os.scandir(base) if entry.is_dir()]
         except FileNotFoundError:
             return 0
-    referenced = referenced_files(root)
+    referenced = referenced_files(root) | held_files.held()
     limit = time.time() - grace
     removed = 0
     for user in users:
@@ -289,6 +290,23 @@ def sweep_user_files(
                     removed += 1
     if removed:
         logger.info("removed %d PXE file(s) of users that no profile names any more", removed)
+    return removed
+
+
+def remove_unreferenced(root: Path, paths: Iterable[str]) -> int:
+    """Remove those of ``paths`` (``users/<user>/<name>``) that no node's profile names and
+    no running deployment holds, whatever their age (a deployment that held them ended);
+    how many."""
+    keep = referenced_files(root) | held_files.held()
+    removed = 0
+    for path in paths:
+        if path in keep or not path.startswith(f"{USERS_DIR}/"):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(Path(root) / path)
+            removed += 1
+    if removed:
+        logger.info("removed %d PXE file(s) of an ended deployment", removed)
     return removed
 
 

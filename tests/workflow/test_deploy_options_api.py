@@ -238,3 +238,48 @@ def test_the_variant_lists_a_request_runs(tmp_path: Path) -> None:
         "classical",
         "hard_reboot",
     ]
+
+
+@pytest.mark.usefixtures("stop_all_actors")
+def test_pxe_files_are_removed_at_the_end_of_a_deployment_that_names_them_nowhere(
+    api: RunningApi, tmp_path: Path
+) -> None:
+    from api_fixtures import upload  # noqa: PLC0415
+
+    alice = api.client("alice")
+    tftp_root = api.daemon.config.daemon.tftp_root
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"KERNEL")
+    pxe = {"profile": "KERNEL FILES_PREFIX/k\n", "files": {"k": upload(alice, kernel)}}
+    # Refused (an unknown node): nothing stays published.
+    refused = deploy(alice, ["n-99"], pxe=pxe)
+    assert refused.status_code == 422, refused.text
+    assert error_of(refused)["code"] == "unknown_node"
+    assert not (tftp_root / "users/alice/k").exists()
+    # The upload was given back: the same request works once the node is right. Its dummy
+    # BootNewEnv writes no profile, so at its end no profile names the file: removed.
+    answer = deploy(alice, ["n-1"], pxe=pxe)
+    assert answer.status_code == 201, answer.text
+    final = wait_finished(alice, answer.json()["id"])
+    assert final["status"] == "succeeded", final
+    assert not (tftp_root / "users/alice/k").exists()
+
+
+def test_held_pxe_files_survive_sweeps_until_released(tmp_path: Path) -> None:
+    from kadeployd.pxe import held_files, user_profiles  # noqa: PLC0415
+
+    source = tmp_path / "vmlinuz"
+    source.write_bytes(b"K")
+    root = tmp_path / "tftp"
+    [path] = user_profiles.publish_files(root, "alice", {"vmlinuz": source})
+    held_files.hold("request-1", [path])
+    assert user_profiles.sweep_user_files(root, grace=0) == 0  # held: kept
+    assert held_files.rename("request-1", "deployment-1") == frozenset()
+    assert user_profiles.sweep_user_files(root, grace=0) == 0
+    assert held_files.release("deployment-1") == {path}
+    assert user_profiles.remove_unreferenced(root, [path]) == 1
+    assert not (root / path).exists()
+    # A request whose deployment ended before the rename holds nothing.
+    held_files.hold("request-2", [path])
+    assert held_files.rename("request-2", "deployment-1") == {path}
+    assert path not in held_files.held()
