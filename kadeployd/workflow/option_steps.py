@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import shlex
+import time
 
-from kadeployd.workflow.context import StepContext, StepFailed
+from kadeployd.workflow.context import Again, StepContext, StepFailed
 from kadeployd.workflow.job import MOUNT_POINT
 
 logger = logging.getLogger(__name__)
@@ -79,15 +80,36 @@ def _resolve(variable: str, path: str) -> str:
     )
 
 
-def kexec_deployed_env(ctx: StepContext) -> None:
+def kexec_deployed_env(ctx: StepContext) -> Again | None:
     """Load the deployed env's kernel and initrd from the deploy partition into the running
     deploy env (``kexec -l``, checked), then jump to it (``kexec -e``, detached so that the
     command answers first): the node boots the new env without its firmware and PXE.
+
+    Done once the deploy env is gone (the node no longer answers as this boot of the deploy
+    env); a node still running the same boot ``power.soft_reboot_grace`` seconds after the
+    jump did not take it, and fails the attempt at once (the next variant, classical, boots
+    it through the firmware) rather than waiting out the variant's timeout.
 
     The wait that follows (wait_deployed_env) must not escalate to a reboot: a reboot would
     boot through PXE, which is the classical variant's business, tried next if this one
     fails or times out.
     """
+    if "jumped_at" not in ctx.scratch:
+        _load_and_jump(ctx)
+        return Again(ctx.node.settings.boot.check_interval)
+    seen = ctx.services.probe(deploy_env=True)
+    before = ctx.scratch["boot_id"]
+    if not seen.reachable or not before or seen.boot_id != before:
+        return None  # the deploy env is gone: the new env is on its way
+    waited = time.monotonic() - ctx.scratch["jumped_at"]
+    if waited < ctx.node.settings.power.soft_reboot_grace:
+        return Again(ctx.node.settings.boot.check_interval)
+    raise StepFailed(
+        f"kexec -e: the node still runs its deploy env (boot {before}) {waited:.0f} s later"
+    )
+
+
+def _load_and_jump(ctx: StepContext) -> None:
     boot = ctx.job.environment.boot
     if not boot.kernel:
         raise StepFailed("kexec: the environment names no kernel")
@@ -102,6 +124,8 @@ def kexec_deployed_env(ctx: StepContext) -> None:
         lines += [_resolve("initrd", boot.initrd), f'set -- "$@" --initrd={_MNT}"$initrd"']
     lines += ['kexec "$@"; status=$?', f"umount {_MNT}", "exit $status"]
     ctx.run("\n".join(lines), what="kexec -l of the deployed kernel")
+    seen = ctx.services.probe(deploy_env=True)
+    ctx.scratch["boot_id"] = seen.boot_id if seen.reachable else ""
     ctx.memory["host_key_before_reboot"] = ctx.services.host_key() or ""
     ctx.memory.pop("reboot_answered_at", None)  # no reboot escalation: see the docstring
     ctx.run(
@@ -109,3 +133,4 @@ def kexec_deployed_env(ctx: StepContext) -> None:
         what="kexec -e",
     )
     ctx.services.reset_shell()
+    ctx.scratch["jumped_at"] = time.monotonic()

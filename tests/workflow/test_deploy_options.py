@@ -449,3 +449,39 @@ def test_boot_partition_0_boots_the_installed_boot_loader_unless_disabled(
         assert "install_bootloader skipped: disable_bootloader_install" in log
     finally:
         clear_boot_records()  # LOCALBOOT means the prod env for the other tests
+
+
+def test_a_kexec_that_does_not_take_falls_back_to_classical_at_once(
+    bed: Any,
+    nodes: tuple[str, ...],
+    served_with: Callable[[ConfEdit | None], Served],
+    user_key: Path,
+) -> None:
+    def edit(deploy: dict[str, Any], cluster: dict[str, Any]) -> None:
+        deploy["power"]["soft_reboot_grace"] = 3
+
+    served = served_with(edit)
+    node = nodes[0]
+    # A deploy env whose kexec does nothing (as one without kexec support in its kernel).
+    broken = {
+        "BootNewEnvKexec": {
+            "kexec_deployed_env": {
+                "pre-ops": [
+                    {
+                        "action": "exec",
+                        "name": "no_kexec",
+                        "command": 'mount --bind /bin/true "$(command -v kexec)"',
+                    }
+                ]
+            }
+        }
+    }
+    deployment = served.deploy((node,), user_key, custom_steps={"steps": broken})
+    run = served.finished(deployment)
+    assert run["status"] == "succeeded", run
+    assert served.variants(deployment, node, "BootNewEnv") == ["kexec", "classical"]
+    log = served.log(deployment, node)
+    # Seen still in its deploy env after power.soft_reboot_grace: not the 60 s timeout.
+    assert "kexec -e: the node still runs its deploy env" in log, log[-2000:]
+    assert "timed out" not in log
+    assert f"ID={served.environment}" in os_release(bed, node, user_key)
