@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 MAX_NAMED = 10
 """Nodes named at most in a message (the rest are counted)."""
+MAX_SINGULARITY_CHECK = 16 << 20
+"""Characters of profile lines checked at most for the singularities of one request (each
+distinct value is checked in the lines naming ``NODE_SINGULARITY``): about 0.5 s of work."""
 
 
 def _refuse(field: str, code: str, message: str, status: int = 422) -> ApiError:
@@ -125,13 +128,33 @@ def check_pxe(body: DeploymentCreate, caller: Caller) -> CustomPxe | None:
     except InputError as exc:
         raise _profile_problem(exc, "profile") from None
     singularities = body.pxe.singularities
-    if singularities is not None and SINGULARITY in profile.text:
-        for value in sorted(set(singularities.values())):
-            try:
-                check_profile(profile.text.replace(SINGULARITY, value), caller.user)
-            except InputError as exc:
-                raise _profile_problem(exc, "singularities") from None
+    if singularities is not None:
+        _check_singularities(profile.text, set(singularities.values()), caller)
     return CustomPxe(profile, singularities, tuple(body.pxe.files))
+
+
+def _check_singularities(text: str, values: set[str], caller: Caller) -> None:
+    """The profile's lines naming ``NODE_SINGULARITY`` checked with each distinct value in
+    them (a value may not make a path leave the user's directory), within
+    :data:`MAX_SINGULARITY_CHECK` characters of work."""
+    lines = "\n".join(line for line in text.splitlines() if SINGULARITY in line)
+    if not lines:
+        return
+    work = len(lines) * len(values)
+    if work > MAX_SINGULARITY_CHECK:
+        raise _refuse(
+            "pxe.singularities",
+            "too_large",
+            f"{len(values)} distinct values in {len(lines)} characters of profile lines "
+            f"naming {SINGULARITY}: more than {MAX_SINGULARITY_CHECK} characters to check; "
+            "use fewer distinct values or shorter lines",
+            413,
+        )
+    for value in sorted(values):
+        try:
+            check_profile(lines.replace(SINGULARITY, value), caller.user)
+        except InputError as exc:
+            raise _profile_problem(exc, "singularities") from None
 
 
 def take_pxe(

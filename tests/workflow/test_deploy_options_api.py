@@ -283,3 +283,16 @@ def test_held_pxe_files_survive_sweeps_until_released(tmp_path: Path) -> None:
     held_files.hold("request-2", [path])
     assert held_files.rename("request-2", "deployment-1") == {path}
     assert path not in held_files.held()
+
+
+@pytest.mark.usefixtures("stop_all_actors")
+def test_checking_singularities_is_bounded(api: RunningApi) -> None:
+    # Each distinct value is checked in the lines naming NODE_SINGULARITY: 100,000 values in a
+    # 60 kB line would be 6 GB of checking (minutes of the API's time); refused at once.
+    line = "KERNEL FILES_PREFIX/NODE_SINGULARITY" + " x" * 30_000
+    values = {f"node-{i}": f"v{i}" for i in range(100_000)}
+    answer = deploy(api.client("alice"), ["n-1"], pxe={"profile": line, "singularities": values})
+    assert answer.status_code == 413, answer.text[:500]
+    error = error_of(answer)
+    assert error["details"][0]["path"] == "body.pxe.singularities"
+    assert "100000 distinct values" in error["message"]
