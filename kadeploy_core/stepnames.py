@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 
 from kadeploy_core.errors import KadeployError
-from kadeploy_core.plans import VARIANT_PLANS, Macrostep
+from kadeploy_core.plans import SET_VLAN, VARIANT_PLANS, Macrostep
 from kadeploy_core.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -43,12 +43,15 @@ class StepScope:
         return self.macrostep == macrostep and self.variant in (None, variant)
 
     def microsteps(self) -> list[str]:
-        """The microstep names valid in this scope, in workflow order, without repeats."""
+        """The microstep names valid in this scope, in workflow order, without repeats
+        (BootNewEnv's end with ``set_vlan``, which a deployment with ``--vlan`` runs)."""
         variants = VARIANT_PLANS[self.macrostep]
         chosen = [self.variant] if self.variant is not None else list(variants)
         names: list[str] = []
         for variant in chosen:
             names += [m.name for m in variants[variant] if m.name not in names]
+        if self.macrostep == Macrostep.BOOT_NEW_ENV:
+            names.append(SET_VLAN.name)
         return names
 
 

@@ -50,6 +50,17 @@ def test_microsteps_of_a_generic_macrostep_are_those_of_every_variant() -> None:
     assert "send_image_direct" not in resolve_macrostep("BroadcastEnvChain").microsteps()
 
 
+def test_set_vlan_is_named_in_every_boot_new_env_variant() -> None:
+    """``kadeploy --vlan`` ends BootNewEnv with set_vlan: breakpoints and custom steps may
+    name it, and no other macrostep has it."""
+    for name in ("BootNewEnv", "BootNewEnvClassical", "BootNewEnvHardReboot"):
+        assert resolve_macrostep(name).microsteps()[-1] == "set_vlan"
+    assert "set_vlan" not in resolve_macrostep("BroadcastEnv").microsteps()
+    assert parse_breakpoint("BootNewEnv:set_vlan").stops_before(
+        M.BOOT_NEW_ENV, "classical", 0, "set_vlan"
+    )
+
+
 # ------------------------------------------------------------------ breakpoint
 
 
