@@ -407,7 +407,7 @@ def test_force_takes_a_node_a_running_deployment_holds(cli_server: CliServer) ->
 
 
 def test_the_verbose_level_chooses_the_progress_lines(cli_server: CliServer) -> None:
-    quiet = cli_server.run("kadeploy3", "-m", "n-3", "-e", "tiny", "-V", "0")
+    quiet = cli_server.run("kadeploy3", "-m", "n-3", "--env-n", "tiny", "--verbose=0")
     chatty = cli_server.run("kadeploy3", "-m", "n-3", "-e", "tiny", "-V", "4")
     for result in (quiet, chatty):
         assert result.returncode == 0, result.stderr

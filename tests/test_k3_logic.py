@@ -18,7 +18,7 @@ from kadeploy_cli.errors import (
     api_failure,
 )
 from kadeploy_cli.k3 import config
-from kadeploy_cli.k3.common import k3_error
+from kadeploy_cli.k3.common import expand_prefixes, k3_error
 from kadeploy_cli.k3.kadeploy3 import FORCE_STEPS, k3_fields
 from kadeploy_cli.k3.pxe import read_singularities
 from kadeploy_cli.k3.workflow import (
@@ -310,3 +310,10 @@ def test_node_names_are_folded_as_kadeploy3_folds_them() -> None:
 def test_a_reason_on_several_lines_stays_on_its_node_line() -> None:
     outcome = Outcome.of([NodeOutcome("n-1", "deploy_failed", "BroadcastEnv", "mkfs:\n  bad\n")])
     assert outcome.ko == [("n-1", "BroadcastEnv: mkfs: bad")]
+
+
+def test_long_options_may_be_abbreviated_as_rubys_optionparser_allows() -> None:
+    names = ["--env-name", "--env-user", "--verbose-level", "--no-kexec", "--no-wait"]
+    assert expand_prefixes(
+        ["--env-n", "x", "--verbose=3", "--no-k", "--env", "-m", "--", "--verbose"], names
+    ) == ["--env-name", "x", "--verbose-level=3", "--no-kexec", "--env", "-m", "--", "--verbose"]

@@ -123,6 +123,18 @@ class K3Command(click.Command):
     """A Kadeploy3 command: Kadeploy3's messages and exit statuses for every error, and the
     callback's return value (an int) as the exit status."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Long options may be abbreviated to any unambiguous prefix (``--env-n``,
+        ``--verbose``), as Ruby's OptionParser lets Kadeploy3's users write them."""
+        return super().parse_args(ctx, expand_prefixes(args, self._long_names(ctx)))
+
+    def _long_names(self, ctx: click.Context) -> list[str]:
+        names = []
+        for param in self.get_params(ctx):
+            if isinstance(param, click.Option):
+                names += [n for n in (*param.opts, *param.secondary_opts) if n.startswith("--")]
+        return names
+
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
@@ -143,6 +155,24 @@ class K3Command(click.Command):
         except click.Abort:
             sys.exit(EXIT_ERROR)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def expand_prefixes(args: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``args`` with each long option written as an unambiguous prefix of one of ``names``
+    completed (``--env-n=x`` -> ``--env-name=x``); an ambiguous or unknown one is left for
+    the parser to refuse. Nothing after ``--`` is touched."""
+    known = set(names)
+    expanded: list[str] = []
+    for index, arg in enumerate(args):
+        if arg == "--":
+            return expanded + list(args[index:])
+        name, equals, value = arg.partition("=")
+        matches = [n for n in known if n.startswith(name)]
+        if name.startswith("--") and name not in known and len(matches) == 1:
+            expanded.append(matches[0] + equals + value)
+        else:
+            expanded.append(arg)
+    return expanded
 
 
 # ------------------------------------------------------------------ options
