@@ -446,3 +446,16 @@ def test_kareboot3_deploy_env_no_wait_prints_its_id_and_url(cli_server: CliServe
         assert wait_finished(alice, ident)["options"]["operation"] == "deploy_env"
     simple = cli_server.run("kareboot3", "-m", "n-3", "--no-wait")
     assert simple.returncode == 1 and "--no-wait" in simple.stderr
+
+
+def test_debug_http_writes_on_fd_4_when_the_caller_opened_it(cli_server: CliServer) -> None:
+    trace = cli_server.home / "http.log"
+    result = subprocess.run(
+        ["sh", "-c", 'exec 4>"$1"; shift; exec "$@"', "sh", str(trace),
+         str(Path(sys.executable).parent / "kapower3"), "-m", "n-1", "--status", "-H"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env=cli_server.env("alice"), cwd=cli_server.home,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "-> " not in result.stdout and "\nn-1\n" in result.stdout
+    assert "-> POST http://kadeployd/v1/power" in trace.read_text().splitlines()
