@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from api_fixtures import api_config, register, short_dir, wait_finished
-from cli_fixtures import SLOW_NODE, CliServer, cli_server
+from cli_fixtures import SLOW_NODE, CliServer, cli_server, tool
 from daemon_fixtures import make_tar_environment, wait_until
 from test_daemon_actors import processes_with
 
@@ -325,6 +325,27 @@ def test_multi_server_splits_the_nodes_by_server_and_prefixes_the_lines(
         nowhere = cli_server.run("kadeploy3", "-M", "-m", "x-1", "-e", "tiny", **env)
         assert nowhere.returncode == 1
         assert "The nodes x-1 does not belongs to any server" in nowhere.stderr
+        # Ctrl-C while each server's thread follows its deployment: every one is cancelled.
+        process = subprocess.Popen(
+            [tool("kadeploy3"), "-M", "-m", SLOW_NODE, "-m", "m-1", "-e", "tiny"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=cli_server.env("alice", **env), cwd=cli_server.home,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: processes_with(cli_server.marker), 30, f"{SLOW_NODE} to hang")
+            held = [d for d in cli_server.running_deployments() if d["node_count"] == 1]
+            assert len(held) == 1, held
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == 1, out + err
+        assert "\nSIGINT trapped\n" in out
+        with cli_server.api("alice") as alice:
+            assert wait_finished(alice, held[0]["id"])["status"] == "aborted"
+        wait_until(lambda: not processes_with(cli_server.marker), 30, "the reboot to be killed")
     finally:
         other.cleanup()
         shutil.rmtree(tmp_path / "other", ignore_errors=True)
