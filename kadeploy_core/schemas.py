@@ -243,9 +243,24 @@ class EnvironmentCreate(EnvironmentFiles):
 
 
 class VisibilityChange(_In):
-    """``kaenv --set-visibility-tag``."""
+    """``kaenv3 --set-visibility-tag``, ``--toggle-destructive-tag``,
+    ``--update-{image,preinstall,postinstalls}-checksum``: at least one change."""
 
-    visibility: Visibility
+    visibility: Visibility | None = None
+    toggle_destructive: StrictBool = False
+    """Flip the description's ``destructive`` tag."""
+    update_checksums: Annotated[
+        list[Literal["image", "preinstall", "postinstalls"]], Field(max_length=3)
+    ] = []
+    """Record the md5 of these parts' files as they are now."""
+
+    @model_validator(mode="after")
+    def _something(self) -> VisibilityChange:
+        if self.visibility is None and not self.toggle_destructive and not self.update_checksums:
+            raise ValueError(
+                "give at least one of visibility, toggle_destructive, update_checksums"
+            )
+        return self
 
 
 class RightsGrant(_In):
@@ -254,6 +269,10 @@ class RightsGrant(_In):
     user: UserName
     nodes: Annotated[list[NodeOrAny], Field(min_length=1, max_length=100_000)]
     partitions: Annotated[list[PartitionOrAny], Field(min_length=1, max_length=128)] = ["*"]
+    others: Literal["keep", "refuse", "revoke"] = "keep"
+    """Other (non-administrator) users' rights on these nodes: ``keep`` them (karights),
+    ``refuse`` the grant with 409 ``conflicting_elements`` (karights3 -a: a node's rights are
+    one user's), or ``revoke`` them first (karights3 -a -o)."""
 
 
 # ------------------------------------------------------------------ responses
@@ -393,6 +412,11 @@ class NodeOut(BaseModel):
     environment: EnvironmentSummary | None
     """What it runs: the environment of its latest deployment, if that deployed it."""
     since: float | None
+    operation: str | None = None
+    """The kareboot operation (deploy_env, recorded_env) its latest record is of; None for a
+    deployment."""
+    environment_owner: str | None = None
+    """Who registered the environment it runs (None: anonymous or unknown)."""
 
 
 class EnvironmentOut(BaseModel):
@@ -404,6 +428,8 @@ class EnvironmentOut(BaseModel):
     visibility: str
     created_at: float
     description: dict[str, Any]
+    checksums: dict[str, str] = {}
+    """md5 of its files by key (image.file, preinstall.archive, postinstalls[N].archive)."""
 
 
 class RightOut(BaseModel):
@@ -451,6 +477,40 @@ class StateDurationOut(BaseModel):
     entered: int
     mean: float
     longest: float
+
+
+class DeploymentLogOut(BaseModel):
+    """``kastat3``: one node's record of one finished operation, with Kadeploy3's field names
+    (``stepN``: macrostep and variant, e.g. SetDeploymentEnvUntrusted; durations and timeouts
+    in whole seconds; ``md5`` empty, as Kadeploy3 left it)."""
+
+    wid: str
+    user: str
+    hostname: str
+    step1: str
+    step2: str
+    step3: str
+    timeout_step1: int
+    timeout_step2: int
+    timeout_step3: int
+    retry_step1: int
+    retry_step2: int
+    retry_step3: int
+    start: int
+    step1_duration: int
+    step2_duration: int
+    step3_duration: int
+    env: str
+    md5: str
+    success: bool
+    error: str
+
+
+class FailureRateOut(BaseModel):
+    """``kastat3 -b``: a node's failure rate over the records (1 - succeeded / total)."""
+
+    hostname: str
+    rate: float
 
 
 class LivenessOut(BaseModel):

@@ -20,7 +20,7 @@ from kadeployd.api.context import ApiContext
 from kadeployd.api.errors import ApiError
 from kadeployd.api.responses import BODY_ERRORS, ERRORS, errors
 from kadeployd.api.uploads import UploadInfo
-from kadeployd.environment import EnvironmentDescription
+from kadeployd.environment import EnvironmentDescription, checksums
 from kadeployd.store.catalogue import EnvironmentExists, EnvironmentRecord, UnknownEnvironment
 
 logger = logging.getLogger(__name__)
@@ -72,14 +72,19 @@ def add_environment(
 
 @router.get("", response_model=list[EnvironmentOut], responses=errors(422))
 def list_environments(
+    *,
     context: Context,
     caller: CallerDep,
     user: Annotated[str | None, Query(max_length=64, description="owner")] = None,
     name: Annotated[str | None, Query(max_length=64)] = None,
     all_versions: bool = False,
+    pattern: Annotated[
+        str | None,
+        Query(max_length=64, description="names LIKE this: % any text, _ one character"),
+    ] = None,
 ) -> list[EnvironmentOut]:
     """Your environments and public ones; with ``user``, what you may see of theirs."""
-    records = context.reader.environments(name=name, owner=user)
+    records = context.reader.environments(name=name, owner=user, pattern=pattern)
     shown = [r for r in records if environments.visible(r, caller, owner_named=user is not None)]
     if user is None and not caller.admin:
         shown = [r for r in shown if r.owner == caller.user or r.visibility == "public"]
@@ -105,7 +110,7 @@ def show_version(
 @router.patch(
     "/{owner}/{name}/{version}",
     response_model=EnvironmentOut,
-    responses=BODY_ERRORS | errors(403, 404),
+    responses=BODY_ERRORS | errors(403, 404, 409),
 )
 def change_visibility(
     *,
@@ -116,12 +121,34 @@ def change_visibility(
     context: Context,
     caller: CallerDep,
 ) -> EnvironmentOut:
-    """Make a version private, shared or (administrators) public."""
+    """Make a version private, shared or (administrators) public; flip its destructive tag;
+    record the checksums of its files as they are now (409 ``nothing_modified`` when they
+    are the recorded ones, as Kadeploy3 answers)."""
     record = _owned_record(context, caller, owner, name, version)
-    _may_publish(caller, body.visibility)
-    context.daemon.store_call(
-        lambda s: s.set_environment_visibility(owner, name, version, body.visibility)
-    )
+    if body.visibility is not None:
+        _may_publish(caller, body.visibility)
+    sums: dict[str, str] = {}
+    if body.update_checksums:
+        env = environments.description_of(context, record)
+        sums = checksums.checksums(env, tuple(dict.fromkeys(body.update_checksums)))
+        if not sums or all(record.checksums.get(k) == v for k, v in sums.items()):
+            raise ApiError(
+                409,
+                "nothing_modified",
+                f"the checksums of {', '.join(body.update_checksums)} of {name} version "
+                f"{version} are the recorded ones: no element has been modified",
+            )
+    visibility = body.visibility
+    if visibility is not None:
+        context.daemon.store_call(
+            lambda s: s.set_environment_visibility(owner, name, version, visibility)
+        )
+    if body.toggle_destructive or sums:
+        context.daemon.store_call(
+            lambda s: s.change_environment(
+                owner, name, version, toggle_destructive=body.toggle_destructive, checksums=sums
+            )
+        )
     return _out(context.reader.environment(record.owner, record.name, record.version))
 
 
@@ -153,6 +180,7 @@ def delete_environment(
 def _register(
     context: ApiContext, caller: Caller, env: EnvironmentDescription, visibility: str
 ) -> EnvironmentRecord:
+    sums = checksums.checksums(env)
     record: EnvironmentRecord = context.daemon.store_call(
         lambda s: s.add_environment(
             name=env.name,
@@ -160,6 +188,7 @@ def _register(
             owner=caller.user,
             visibility=visibility,
             description=env.model_dump(mode="json"),
+            checksums=sums,
         )
     )
     logger.info("%s registered %s version %d (%s)", caller.user, env.name, env.version, visibility)
@@ -204,4 +233,5 @@ def _out(record: EnvironmentRecord) -> EnvironmentOut:
         visibility=record.visibility,
         created_at=record.created_at,
         description=dict(record.description),
+        checksums=dict(record.checksums),
     )

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kadeployd.store.errors import InvalidRecord, StoreError
@@ -60,12 +60,16 @@ class EnvironmentRecord:
     description: Mapping[str, Any]
     """The validated description as JSON values (file paths absolute, on the server)."""
     created_at: float
+    checksums: Mapping[str, str] = field(default_factory=dict)
+    """md5 of its files by key (``image.file``...), as recorded at registration or by the
+    latest checksum update (Kadeploy3's ``kaenv3 --update-image-checksum``)."""
 
 
 _SELECT = """
 SELECT * FROM environments
 WHERE (:name IS NULL OR name = :name) AND (:owner IS NULL OR owner = :owner)
   AND (:version IS NULL OR version = :version)
+  AND (:pattern IS NULL OR name LIKE :pattern ESCAPE '\\')
 ORDER BY name, owner, version DESC
 """
 
@@ -77,10 +81,17 @@ class CatalogueReads:
         raise NotImplementedError  # provided by StoreQueries
 
     def environments(
-        self, name: str | None = None, owner: str | None = None, version: int | None = None
+        self,
+        name: str | None = None,
+        owner: str | None = None,
+        version: int | None = None,
+        pattern: str | None = None,
     ) -> list[EnvironmentRecord]:
-        """Registered environments matching the filters, by name, owner, newest version first."""
-        params = {"name": name, "owner": owner, "version": version}
+        """Registered environments matching the filters, by name, owner, newest version first.
+
+        ``pattern`` is Kadeploy3's ``kaenv3 -l PATTERN``: a name where ``%`` stands for any
+        text and ``_`` for one character (SQL LIKE, case-insensitive for ASCII letters)."""
+        params = {"name": name, "owner": owner, "version": version, "pattern": pattern}
         with self._reading() as conn:
             return [_record(row) for row in conn.execute(_SELECT, params)]
 
@@ -107,6 +118,7 @@ class CatalogueWrites:
         visibility: str,
         description: Mapping[str, Any],
         at: float | None = None,
+        checksums: Mapping[str, str] | None = None,
     ) -> EnvironmentRecord:
         """Register a new version; :class:`EnvironmentExists` if it is already there."""
         if visibility not in VISIBILITIES:
@@ -121,9 +133,9 @@ class CatalogueWrites:
                 raise EnvironmentExists(owner, name, version)
             cursor = conn.execute(
                 "INSERT INTO environments "
-                "(name, version, owner, visibility, description, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (name, version, owner, visibility, text, now),
+                "(name, version, owner, visibility, description, created_at, checksums) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, version, owner, visibility, text, now, json.dumps(dict(checksums or {}))),
             )
             row = conn.execute(
                 "SELECT * FROM environments WHERE id = ?", (cursor.lastrowid,)
@@ -157,6 +169,43 @@ class CatalogueWrites:
             )
             return cursor.rowcount > 0
 
+    def change_environment(
+        self,
+        owner: str,
+        name: str,
+        version: int,
+        *,
+        toggle_destructive: bool = False,
+        checksums: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Flip the description's ``destructive`` tag and/or record new file checksums (merged
+        over the recorded ones); False if the version is not registered."""
+        with self._writing() as conn:
+            row = conn.execute(
+                "SELECT description, checksums FROM environments "
+                "WHERE owner = ? AND name = ? AND version = ?",
+                (owner, name, version),
+            ).fetchone()
+            if row is None:
+                return False
+            description = json.loads(row["description"])
+            if toggle_destructive:
+                description["destructive"] = not bool(description.get("destructive", False))
+            recorded = json.loads(row["checksums"] or "{}")
+            recorded.update(checksums or {})
+            conn.execute(
+                "UPDATE environments SET description = ?, checksums = ? "
+                "WHERE owner = ? AND name = ? AND version = ?",
+                (
+                    json.dumps(description, sort_keys=True),
+                    json.dumps(recorded, sort_keys=True),
+                    owner,
+                    name,
+                    version,
+                ),
+            )
+        return True
+
 
 def _exists(conn: sqlite3.Connection, owner: str, name: str, version: int) -> bool:
     row = conn.execute(
@@ -175,4 +224,5 @@ def _record(row: sqlite3.Row) -> EnvironmentRecord:
         visibility=row["visibility"],
         description=json.loads(row["description"]),
         created_at=row["created_at"],
+        checksums=json.loads(row["checksums"] or "{}"),
     )

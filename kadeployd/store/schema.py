@@ -121,7 +121,13 @@ ALTER TABLE deployment_nodes ADD COLUMN bytes_done INTEGER;
 ALTER TABLE deployment_nodes ADD COLUMN bytes_total INTEGER;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+_V3 = """
+-- Checksums of an environment's files (kaenv3 --update-*-checksum): JSON, file key ->
+-- md5 hex digest (image.file, preinstall.archive, postinstalls[N].archive).
+ALTER TABLE environments ADD COLUMN checksums TEXT NOT NULL DEFAULT '{}';
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 """Every schema change, oldest first. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
