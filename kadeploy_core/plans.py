@@ -159,9 +159,10 @@ def microsteps(
     operation: Operation, macrostep: Macrostep, variant: str, *, vlan: bool = False
 ) -> tuple[MicrostepPlan, ...]:
     """What runs for an attempt of ``variant`` of ``macrostep`` in ``operation``; with
-    ``vlan``, BootNewEnv ends with :data:`SET_VLAN`."""
+    ``vlan``, BootNewEnv ends with :data:`SET_VLAN`, and so does kareboot deploy_env's
+    reboot (Kadeploy3's reboots run set_vlan too)."""
     steps = _variant_microsteps(operation, macrostep, variant)
-    if vlan and macrostep == Macrostep.BOOT_NEW_ENV:
+    if vlan and (macrostep == Macrostep.BOOT_NEW_ENV or operation == Operation.DEPLOY_ENV):
         return (*steps, SET_VLAN)
     return steps
 

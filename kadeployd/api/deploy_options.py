@@ -11,18 +11,19 @@ refusal is a 422 (403 for ``force_steps``) naming its ``body.<field>``.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kadeploy_core.errors import InputError, Problem
 from kadeploy_core.forcesteps import ForceStepsError, parse_force_steps
-from kadeploy_core.schemas import DeploymentCreate
+from kadeploy_core.schemas import MAX_KEYS, DeploymentCreate
 from kadeployd.api import environments
 from kadeployd.api.auth import Caller
 from kadeployd.api.context import ApiContext
 from kadeployd.api.errors import ApiError
-from kadeployd.api.uploads import UploadInfo
+from kadeployd.api.uploads import UploadError, UploadInfo
 from kadeployd.config import Config
 from kadeployd.config.timeouts import Timeout, TimeoutSyntaxError
 from kadeployd.pxe import held_files, user_profiles
@@ -44,7 +45,8 @@ def _refuse(field: str, code: str, message: str, status: int = 422) -> ApiError:
     return ApiError(status, code, f"{field}: {message}", [problem])
 
 
-def _timeout(field: str, text: str | None) -> Timeout | None:
+def parse_timeout(field: str, text: str | None) -> Timeout | None:
+    """The timeout expression of ``body.<field>`` (also a reboot's), or 422 invalid_timeout."""
     if text is None:
         return None
     try:
@@ -58,6 +60,25 @@ def _names(nodes: list[str]) -> str:
     return shown + (f" and {len(nodes) - MAX_NAMED} more" if len(nodes) > MAX_NAMED else "")
 
 
+_KEY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def read_keys(context: ApiContext, caller: Caller, text: str, upload: str | None) -> str:
+    """The public keys of ``authorized_keys`` or the caller's upload ``authorized_keys_upload``
+    (a deployment's or a deploy_env reboot's): text lines, no control characters."""
+    if upload is not None:
+        try:
+            text = context.uploads.read_text(upload, caller.user, MAX_KEYS)
+        except UploadError as exc:
+            status = 404 if exc.code == "unknown_upload" else 422
+            raise ApiError(status, exc.code, str(exc)) from None
+    if _KEY_CONTROL.search(text):
+        raise ApiError(
+            422, "invalid_keys", "authorized_keys must be text lines without control characters"
+        )
+    return text
+
+
 def request_options(body: DeploymentCreate, caller: Caller, config: Config) -> dict[str, Any]:
     """The DeploymentRequest keywords of the body's Kadeploy3 options; ApiError if one is
     wrong."""
@@ -67,10 +88,10 @@ def request_options(body: DeploymentCreate, caller: Caller, config: Config) -> d
         "disable_disk_partitioning": body.disable_disk_partitioning,
         "disable_bootloader_install": body.disable_bootloader_install,
         "disable_kexec": body.disable_kexec,
-        "timeout_reboot_classical": _timeout(
+        "timeout_reboot_classical": parse_timeout(
             "timeout_reboot_classical", body.timeout_reboot_classical
         ),
-        "timeout_reboot_kexec": _timeout("timeout_reboot_kexec", body.timeout_reboot_kexec),
+        "timeout_reboot_kexec": parse_timeout("timeout_reboot_kexec", body.timeout_reboot_kexec),
     }
     if body.force_steps is not None:
         if not caller.admin:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
@@ -11,7 +10,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Query, Response
 
 from kadeploy_core.schemas import (
-    MAX_KEYS,
     CancelRequest,
     DeploymentCreate,
     DeploymentOut,
@@ -25,14 +23,13 @@ from kadeployd.api.context import ApiContext
 from kadeployd.api.convert import deployment_out, history_out, node_state_out, sees_details
 from kadeployd.api.errors import ApiError
 from kadeployd.api.responses import BODY_ERRORS, ERRORS, errors
-from kadeployd.api.uploads import UploadError, UploadInfo
+from kadeployd.api.uploads import UploadInfo
 from kadeployd.workflow.job import DeploymentRequest
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"], responses=ERRORS)
 
-_KEY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 LogAfter = Annotated[int, Query(ge=0, le=2**62)]
 LogLimit = Annotated[int, Query(ge=1, le=100_000)]
@@ -55,7 +52,9 @@ def create_deployment(
     options = deploy_options.request_options(body, caller, context.config)
     pxe = deploy_options.check_pxe(body, caller)
     pxe_taken: deploy_options.TakenPxe | None = None
-    keys = _keys(context, caller, body)
+    keys = deploy_options.read_keys(
+        context, caller, body.authorized_keys, body.authorized_keys_upload
+    )
     anonymous_dir: Path | None = None
     taken: list[tuple[UploadInfo, Path]] = []
     steps_dir: Path | None = None
@@ -223,21 +222,6 @@ def cancel_deployment(
 
 
 # ------------------------------------------------------------------ checks
-
-
-def _keys(context: ApiContext, caller: Caller, body: DeploymentCreate) -> str:
-    text = body.authorized_keys
-    if body.authorized_keys_upload is not None:
-        try:
-            text = context.uploads.read_text(body.authorized_keys_upload, caller.user, MAX_KEYS)
-        except UploadError as exc:
-            status = 404 if exc.code == "unknown_upload" else 422
-            raise ApiError(status, exc.code, str(exc)) from None
-    if _KEY_CONTROL.search(text):
-        raise ApiError(
-            422, "invalid_keys", "authorized_keys must be text lines without control characters"
-        )
-    return text
 
 
 def _tidy_after_start(

@@ -23,7 +23,11 @@ The kinds of reboot (Kadeploy3's kareboot ``-r``):
   kadeploy_core/plans.py) with retries, timeouts, per-node states, events and cancel. It can
   take minutes, so the route does not wait: it answers ``202`` with the operation's
   deployment document, which the client follows like a deployment
-  (``/v1/deployments/{id}``, its events, its cancel).
+  (``/v1/deployments/{id}``, its events, its cancel). They also take Kadeploy3's
+  ``block_device``, ``vlan`` (the site's switch command once each node rebooted, as Kadeploy3's
+  reboots end with set_vlan) and ``timeout_reboot_classical`` (the reboot's timeout), checked
+  as a deployment's (kadeployd/api/deploy_options.py, kadeployd/admission); simple and set_pxe,
+  which only run the power commands, refuse them with a 422 naming the field.
 """
 
 from __future__ import annotations
@@ -37,8 +41,17 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.concurrency import run_in_threadpool
 
 from kadeploy_core.errors import InputError, Problem
-from kadeploy_core.schemas import DeploymentOut, EnvironmentRef, FileName, NodeName, UploadId
-from kadeployd.api import environments, power_wait
+from kadeploy_core.schemas import (
+    BlockDevice,
+    DeploymentOut,
+    EnvironmentRef,
+    FileName,
+    NodeName,
+    TimeoutText,
+    UploadId,
+    VlanId,
+)
+from kadeployd.api import deploy_options, environments, power_wait
 from kadeployd.api.auth import Caller, CallerDep, Context
 from kadeployd.api.context import ApiContext
 from kadeployd.api.convert import deployment_out
@@ -92,6 +105,15 @@ class RebootRequestIn(_In):
         default_factory=dict,
         description="set_pxe: file name under your TFTP directory -> upload id",
     )
+    block_device: BlockDevice | None = None
+    """deploy_env, recorded_env (``-b``): the disk instead of the cluster's
+    ``disk.block_device`` (recorded_env boots ``partition`` of it), checked as a deployment's."""
+    vlan: VlanId | None = None
+    """deploy_env, recorded_env (``--vlan``): once booted, each node is moved onto this VLAN by
+    the site's switch command, as a deployment's nodes after BootNewEnv."""
+    timeout_reboot_classical: TimeoutText | None = None
+    """deploy_env, recorded_env (``--reboot-classical-timeout``): the timeout of the reboot
+    (an expression of n, as a deployment's)."""
 
 
 class PowerResultOut(BaseModel):
@@ -172,11 +194,17 @@ async def reboot(
     return [_out(r) for r in results]
 
 
+_OPERATIONS = ("deploy_env", "recorded_env")
+"""The kinds run as operations of the workflow, which alone wait for the boot and switch
+VLANs (kadeployd's simple and set_pxe only run the power commands)."""
 _KIND_FIELDS = {
     "environment": ("recorded_env",),
     "partition": ("recorded_env",),
     "profile": ("set_pxe",),
     "files": ("set_pxe",),
+    "block_device": _OPERATIONS,
+    "vlan": _OPERATIONS,
+    "timeout_reboot_classical": _OPERATIONS,
 }
 _REQUIRED = {"recorded_env": ("environment", "partition"), "set_pxe": ("profile",)}
 
@@ -191,7 +219,7 @@ def _check_kind_fields(body: RebootRequestIn) -> None:
     problems.extend(
         Problem("request", f"only with kind {' or '.join(kinds)}, not {body.kind}", field)
         for field, kinds in _KIND_FIELDS.items()
-        if body.kind not in kinds and getattr(body, field) not in (None, {})
+        if body.kind not in kinds and getattr(body, field) not in (None, {}, "")
     )
     if problems:
         raise ApiError(422, "invalid_request", str(problems[0]).removeprefix("request: "), problems)
@@ -236,6 +264,9 @@ def _start_operation(body: RebootRequestIn, context: ApiContext, caller: Caller)
     right learns that, not whether an environment exists; the NodeSupervisor admits the
     operation again, with the environment's clusters, as it starts it."""
     nodes = context.daemon.check_nodes(caller.user, body.nodes, "reboot", body.force)
+    timeout = deploy_options.parse_timeout(
+        "timeout_reboot_classical", body.timeout_reboot_classical
+    )
     target: EnvironmentDescription | NoEnvironment = NoEnvironment(name="deploy_env")
     operation = Operation.DEPLOY_ENV
     if body.kind == "recorded_env":
@@ -251,6 +282,9 @@ def _start_operation(body: RebootRequestIn, context: ApiContext, caller: Caller)
         anonymous=False,
         operation=operation,
         reboot_level=RebootLevel(body.level),
+        block_device=body.block_device,
+        vlan=body.vlan,
+        timeout_reboot_classical=timeout,
     )
     deployment_id = context.daemon.deploy(request, force=body.force, caller=caller.user)
     logger.info("%s: %s of %d nodes: %s", caller.user, body.kind, len(nodes), deployment_id)

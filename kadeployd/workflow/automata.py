@@ -5,8 +5,10 @@ of BootNewEnv (``disable_kexec``, and wherever kexec cannot apply: a reboot oper
 environment that is not Linux or names no kernel, a ``boot_partition`` or a ``pxe`` profile,
 which only a firmware boot honours) and override the timeouts of BootNewEnv's variants
 (``timeout_reboot_classical`` for classical and hard_reboot, as Kadeploy3's classical
-reboot timeout bounds both; ``timeout_reboot_kexec`` for kexec). A BootNewEnv left with no
-variant gets one classical variant, as Kadeploy3 turns its kexec instance into a classical one.
+reboot timeout bounds both; ``timeout_reboot_kexec`` for kexec; in a kareboot deploy_env
+operation, ``timeout_reboot_classical`` is the timeout of its SetDeploymentEnv reboot). A
+BootNewEnv left with no variant gets one classical variant, as Kadeploy3 turns its kexec
+instance into a classical one.
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ def job_macrosteps(configured: Macrosteps, request: DeploymentRequest) -> Macros
                 for m in Macrostep
             }
         )
+    if request.operation == Operation.DEPLOY_ENV and request.timeout_reboot_classical is not None:
+        # kareboot deploy_env's reboot is a classical one (Kadeploy3's wait_reboot classical)
+        reboot = request.timeout_reboot_classical
+        setting = tuple(
+            v.model_copy(update={"timeout": reboot}) for v in macrosteps.SetDeploymentEnv
+        )
+        macrosteps = macrosteps.model_copy(update={"SetDeploymentEnv": setting})
     boot: list[Variant] = list(macrosteps.BootNewEnv)
     if kexec_excluded(request) is not None:
         dropped = [v for v in boot if v.type == KEXEC]
