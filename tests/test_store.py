@@ -691,7 +691,8 @@ def test_migration_2_adds_progress_to_an_existing_version_1_database(db: Path) -
         versions = [r[0] for r in raw.execute("SELECT version FROM schema_version ORDER BY 1")]
     finally:
         raw.close()
-    assert versions == [1, 2] == list(range(1, SCHEMA_VERSION + 1))
+    assert versions[:2] == [1, 2]  # later migrations (3: environment checksums) follow
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
 
 
 def test_statistics_leave_out_reboot_operations(store: Store) -> None:
