@@ -19,6 +19,7 @@ from typing import Self
 
 from kadeploy_core.suggest import did_you_mean
 from kadeployd.store.catalogue import CatalogueReads
+from kadeployd.store.deploy_log import DeployLogReads
 from kadeployd.store.errors import InvalidRecord, StoreError, UnknownDeployment, UnknownNode
 from kadeployd.store.records import (
     DeploymentStatus,
@@ -52,7 +53,7 @@ LIMIT :limit
 """
 
 
-class StoreQueries(CatalogueReads, RightsReads, UsageReads):
+class StoreQueries(CatalogueReads, RightsReads, UsageReads, DeployLogReads):
     """Read methods over one SQLite connection; subclasses decide how it is opened."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection | None) -> None:
