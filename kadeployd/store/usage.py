@@ -19,6 +19,7 @@ _LATEST = """
 SELECT * FROM (
     SELECT dn.node, dn.deployment_id, dn.state, dn.final, dn.step_started_at,
            d.user, d.environment_name, d.environment_version, d.anonymous, d.status,
+           json_extract(d.options, '$.operation') AS operation,
            row_number() OVER (
                PARTITION BY dn.node ORDER BY d.created_at DESC, dn.rowid DESC
            ) AS recency
@@ -87,6 +88,9 @@ class NodeUsage:
     deployment_status: str
     since: float
     """When the node entered ``state``."""
+    operation: str | None = None
+    """The kareboot operation of that record (deploy_env, recorded_env); None for a
+    deployment."""
 
     @property
     def busy(self) -> bool:
@@ -167,6 +171,7 @@ class UsageReads:
                     anonymous=bool(row["anonymous"]),
                     deployment_status=row["status"],
                     since=row["step_started_at"],
+                    operation=row["operation"],
                 )
                 for row in conn.execute(_LATEST)
             }
