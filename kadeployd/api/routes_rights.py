@@ -17,6 +17,7 @@ from kadeploy_core.schemas import (
 )
 from kadeployd.admission import known_nodes
 from kadeployd.api.auth import CallerDep, Context, require_admin
+from kadeployd.api.context import ApiContext
 from kadeployd.api.errors import ApiError
 from kadeployd.api.responses import BODY_ERRORS, ERRORS, errors
 from kadeployd.store.rights import ANY
@@ -44,16 +45,51 @@ def list_rights(
     ]
 
 
-@router.post("", status_code=201, response_model=RightsChange, responses=BODY_ERRORS | errors(403))
+@router.post(
+    "", status_code=201, response_model=RightsChange, responses=BODY_ERRORS | errors(403, 409)
+)
 def grant_rights(body: RightsGrant, context: Context, caller: CallerDep) -> RightsChange:
     """Grant ``user`` the right to deploy ``nodes`` (or ``*``) on ``partitions`` (or ``*``)."""
     require_admin(caller, "grant rights")
     known_nodes(body.nodes, context.config.nodes, merge_repeats=True, wildcard=ANY)
+    if body.others != "keep":
+        _other_holders(context, body)
     added: int = context.daemon.store_call(
         lambda s: s.grant_rights(body.user, body.nodes, body.partitions)
     )
     logger.info("%s granted %s rights on %d nodes", caller.user, body.user, len(body.nodes))
     return RightsChange(changed=added)
+
+
+def _other_holders(context: ApiContext, body: RightsGrant) -> None:
+    """Kadeploy3's exclusive rights: other users' rights on the nodes refuse the grant (409),
+    or are revoked first; administrators' rights are never in the way."""
+    nodes = [n for n in body.nodes if n != ANY]
+    holders: dict[str, list[str]] = {}
+    for node in nodes:
+        for right in context.reader.rights(node=node):
+            if right.node == node and right.user != body.user and not context.is_admin(right.user):
+                holders.setdefault(right.user, [])
+                if node not in holders[right.user]:
+                    holders[right.user].append(node)
+    if not holders:
+        return
+    if body.others == "refuse":
+        user = sorted(holders)[0]
+        raise ApiError(
+            409,
+            "conflicting_elements",
+            f"Some rights are already set for user {user} on nodes {','.join(holders[user])}",
+        )
+    for user, held in holders.items():
+        for node in held:
+            _revoke(context, user, node)
+        logger.info("rights of %s on %d nodes revoked (overwritten)", user, len(held))
+
+
+def _revoke(context: ApiContext, user: str, node: str) -> int:
+    removed: int = context.daemon.store_call(lambda s: s.revoke_rights(user, node))
+    return removed
 
 
 @router.delete("/{user}", response_model=RightsChange, responses=errors(403, 422))
