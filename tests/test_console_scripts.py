@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 TOOLS = ["kadeploy", "kareboot", "kapower", "kanodes", "kastat", "kaenv", "karights"]
+K3_TOOLS = ["kanodes3", "kastat3", "kaenv3", "karights3"]
+"""Kadeploy3's commands (kadeploy_cli/k3); kadeploy3d is kadeploy-server under its name."""
 
 
 def installed(tool: str) -> str | None:
@@ -18,7 +20,9 @@ def installed(tool: str) -> str | None:
     return str(beside) if beside.exists() else shutil.which(tool)
 
 
-@pytest.mark.parametrize("tool", [*TOOLS, "kadeploy-server", "kadeploy-testbed"])
+@pytest.mark.parametrize(
+    "tool", [*TOOLS, *K3_TOOLS, "kadeploy-server", "kadeploy3d", "kadeploy-testbed"]
+)
 def test_console_script_is_installed_and_has_help(tool: str) -> None:
     path = installed(tool)
     assert path is not None, f"{tool} is not on PATH: is the project installed (make test)?"
