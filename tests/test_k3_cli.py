@@ -263,7 +263,7 @@ def test_kareboot3_lists_and_refusals(cli_server: CliServer) -> None:
         (["-r", "recorded_env", "-e", "tiny"], "A partition number must be specified"),
         (["-e", "tiny"], "The -e option can be only used with the recorded_env kind"),
         (["-k"], "The -k option can be only used with the deploy_env reboot kind"),
-        (["--vlan", "3"], "--vlan: not supported by kadeployd's reboots"),
+        (["-c"], "-c/--check-destructive-tag: not supported by kadeployd's reboots"),
     ]:
         result = cli_server.run("kareboot3", "-m", "n-1", *args)
         assert (result.returncode, message in result.stderr) == (1, True), (args, result.stderr)
@@ -456,6 +456,25 @@ def test_debug_mode_writes_on_fd_3_when_the_caller_opened_it(cli_server: CliServ
     assert lines and all(line.startswith("[dbg] [n-3] ") for line in lines), lines
     on_stdout = cli_server.run("kadeploy3", "-m", "n-3", "-e", "tiny", "-d")
     assert "[dbg] [n-3] " in on_stdout.stdout
+
+
+def test_kareboot3_block_device_vlan_and_classical_timeout_reach_the_reboot(
+    cli_server: CliServer,
+) -> None:
+    result = cli_server.run(
+        "kareboot3", "-m", "n-3", "-r", "deploy_env", "--no-wait",
+        "-b", "/dev/vdz", "--reboot-classical-timeout", "100+n*2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    with cli_server.api("alice") as alice:
+        options = wait_finished(alice, result.stdout.split()[0])["options"]
+    assert options["block_device"] == "/dev/vdz"
+    assert options["timeout_reboot_classical"] == "100+n*2"
+    vlan = cli_server.run("kareboot3", "-m", "n-3", "-r", "deploy_env", "--vlan", "3")
+    assert vlan.returncode != 0 and "cannot change VLAN" in vlan.stderr, vlan.stderr
+    simple = cli_server.run("kareboot3", "-m", "n-3", "--reboot-classical-timeout", "100")
+    assert simple.returncode != 0, simple.stdout
+    assert "timeout_reboot_classical: only with kind deploy_env or recorded_env" in simple.stderr
 
 
 def test_kareboot3_deploy_env_no_wait_prints_its_id_and_url(cli_server: CliServer) -> None:

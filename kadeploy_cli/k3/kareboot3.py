@@ -4,9 +4,11 @@ lists (``The reboot operation is successful on nodes``).
 ``-r simple`` (default) and ``set_pxe`` answer when the nodes' commands ended; ``deploy_env``
 and ``recorded_env`` are operations followed like a deployment (``--no-wait`` prints their
 ``ID URL``). ``--set-pxe-pattern`` is done here: the nodes are grouped by their value, one
-``set_pxe`` request per group with ``NODE_SINGULARITY`` replaced. What kadeployd's reboots
-cannot do yet is refused with a clear message rather than ignored: ``-b``, ``-c``, ``-k``,
-``--vlan``, ``--reboot-classical-timeout``.
+``set_pxe`` request per group with ``NODE_SINGULARITY`` replaced. ``-b``, ``--vlan`` and
+``--reboot-classical-timeout`` are the reboot's ``block_device``, ``vlan`` and
+``timeout_reboot_classical`` (taken by deploy_env and recorded_env; the server refuses them,
+naming the field, for the kinds that only run the power commands). What kadeployd's reboots
+cannot do yet is refused with a clear message rather than ignored: ``-c``, ``-k``.
 """
 
 from __future__ import annotations
@@ -47,12 +49,15 @@ logger = logging.getLogger(__name__)
 OPERATION = "Reboot operation"
 KINDS = ["set_pxe", "simple", "deploy_env", "recorded_env"]
 UNSUPPORTED = {
-    "block_device": "-b/--block-device",
     "check_destructive": "-c/--check-destructive-tag",
     "key": "-k/--key",
-    "vlan": "--vlan",
-    "reboot_classical_timeout": "--reboot-classical-timeout",
 }
+FIELDS = {
+    "block_device": "block_device",
+    "vlan": "vlan",
+    "reboot_classical_timeout": "timeout_reboot_classical",
+}
+"""Options sent as they are, under the reboot API's names."""
 
 
 @click.command("kareboot3", cls=K3Command, context_settings=CONTEXT, epilog=CONTACT)
@@ -138,6 +143,7 @@ def main(**options: Any) -> int:
     body: dict[str, Any] = {"kind": kind, "force": options["force"]}
     if options["level"]:
         body["level"] = options["level"].lower()
+    body.update({field: options[key] for key, field in FIELDS.items() if options[key] is not None})
     if kind == "recorded_env":
         environment = {"name": options["env_name"]}
         if options["env_user"]:
