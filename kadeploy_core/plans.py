@@ -155,13 +155,26 @@ answers in its new env: the site's switch command moves it onto the VLAN (Kadepl
 set_vlan; after it the daemon may no longer reach the node, so nothing follows)."""
 
 
+SEND_KEY = _m("send_key_in_deploy_env", E.BOOT_ORDERED)
+"""``kareboot -r deploy_env -k``: the user's keys appended to the deploy env's root keys,
+once it answers (before set_vlan, after which the daemon may no longer reach it)."""
+
+
 def microsteps(
-    operation: Operation, macrostep: Macrostep, variant: str, *, vlan: bool = False
+    operation: Operation,
+    macrostep: Macrostep,
+    variant: str,
+    *,
+    vlan: bool = False,
+    keys: bool = False,
 ) -> tuple[MicrostepPlan, ...]:
     """What runs for an attempt of ``variant`` of ``macrostep`` in ``operation``; with
     ``vlan``, BootNewEnv ends with :data:`SET_VLAN`, and so does kareboot deploy_env's
-    reboot (Kadeploy3's reboots run set_vlan too)."""
+    reboot (Kadeploy3's reboots run set_vlan too); with ``keys``, deploy_env's reboot ends
+    with :data:`SEND_KEY`."""
     steps = _variant_microsteps(operation, macrostep, variant)
+    if keys and operation == Operation.DEPLOY_ENV and variant != "dummy":
+        steps = (*steps, SEND_KEY)  # a dummy deploy env is no system to send keys to
     if vlan and (macrostep == Macrostep.BOOT_NEW_ENV or operation == Operation.DEPLOY_ENV):
         return (*steps, SET_VLAN)
     return steps

@@ -20,6 +20,7 @@ from kadeploy_testbed.layout import (
     DEFAULT_NAME_FORMAT,
     DEPLOY_PARTITION,
     NODE_DISK_DIR,
+    NODE_RUN_DIR,
     PROD_PARTITION,
     SSH_PORT,
     SWAP_PARTITION,
@@ -87,6 +88,8 @@ def deploy_conf(layout: Layout, tftp_host: str, tftp_port: int) -> dict[str, Any
             "check_interval": 1,
             # The deploy envs' one host key (kadeploy_testbed/nodefiles.py): pinned.
             "deploy_host_key_file": str(layout.deploy_host_pubkey),
+            # The deploy env's sshd reads the node's private copy (nodefiles.sshd_config).
+            "deploy_authorized_keys": f"{NODE_RUN_DIR}/authorized_keys",
         },
         # Emulated nodes boot in about a second: tighter timeouts than on hardware.
         "automata": {

@@ -45,7 +45,8 @@ def test_every_microstep_of_every_plan_has_code() -> None:
         for macrostep in macrosteps
         for variant in VARIANTS[macrostep]
         for vlan in (False, True)  # kadeploy --vlan adds set_vlan to BootNewEnv
-        for step in microsteps(operation, macrostep, variant, vlan=vlan)
+        for keys in (False, True)  # kareboot deploy_env -k adds send_key_in_deploy_env
+        for step in microsteps(operation, macrostep, variant, vlan=vlan, keys=keys)
     }
     assert names <= set(STEPS), names - set(STEPS)
     assert set(STEPS) == names  # and no code without a name in a plan

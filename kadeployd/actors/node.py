@@ -259,7 +259,10 @@ class NodeActor(pykka.ThreadingActor):
         self._tokens += 1
         token = self._tokens
         vlan = self._job.request.vlan is not None
-        steps = microsteps(self._job.operation, position.macrostep, variant.type, vlan=vlan)
+        keys = bool(self._job.request.authorized_keys)
+        steps = microsteps(
+            self._job.operation, position.macrostep, variant.type, vlan=vlan, keys=keys
+        )
         attempt = _Attempt(token, position, variant.type, steps, CancelToken())
         self._attempt = attempt
         self._node_services.bind(attempt.cancel)

@@ -42,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kadeploy_core.errors import InputError, Problem
 from kadeploy_core.schemas import (
+    MAX_KEYS,
     BlockDevice,
     DeploymentOut,
     EnvironmentRef,
@@ -114,6 +115,11 @@ class RebootRequestIn(_In):
     timeout_reboot_classical: TimeoutText | None = None
     """deploy_env, recorded_env (``--reboot-classical-timeout``): the timeout of the reboot
     (an expression of n, as a deployment's)."""
+    authorized_keys: Annotated[str, Field(max_length=MAX_KEYS)] = ""
+    """deploy_env (``-k``, as Kadeploy3 only there): public keys appended to the deploy env's
+    root authorized_keys once it answers."""
+    authorized_keys_upload: UploadId | None = None
+    """deploy_env: the same keys from one of your uploads."""
 
 
 class PowerResultOut(BaseModel):
@@ -205,6 +211,8 @@ _KIND_FIELDS = {
     "block_device": _OPERATIONS,
     "vlan": _OPERATIONS,
     "timeout_reboot_classical": _OPERATIONS,
+    "authorized_keys": ("deploy_env",),
+    "authorized_keys_upload": ("deploy_env",),
 }
 _REQUIRED = {"recorded_env": ("environment", "partition"), "set_pxe": ("profile",)}
 
@@ -267,6 +275,9 @@ def _start_operation(body: RebootRequestIn, context: ApiContext, caller: Caller)
     timeout = deploy_options.parse_timeout(
         "timeout_reboot_classical", body.timeout_reboot_classical
     )
+    keys = deploy_options.read_keys(
+        context, caller, body.authorized_keys, body.authorized_keys_upload
+    )
     target: EnvironmentDescription | NoEnvironment = NoEnvironment(name="deploy_env")
     operation = Operation.DEPLOY_ENV
     if body.kind == "recorded_env":
@@ -285,6 +296,7 @@ def _start_operation(body: RebootRequestIn, context: ApiContext, caller: Caller)
         block_device=body.block_device,
         vlan=body.vlan,
         timeout_reboot_classical=timeout,
+        authorized_keys=keys,
     )
     deployment_id = context.daemon.deploy(request, force=body.force, caller=caller.user)
     logger.info("%s: %s of %d nodes: %s", caller.user, body.kind, len(nodes), deployment_id)

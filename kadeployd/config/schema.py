@@ -166,6 +166,11 @@ class BootSettings(Frozen):
     deploy_host_key: InlineHostKeys | None = None
     """The same keys inline (``ssh-ed25519 AAAA...``, one a line); a node accepts the keys of
     either setting."""
+    deploy_authorized_keys: Annotated[str, Field(pattern=r"^/[^\x00-\x1f]{0,1023}$")] = (
+        "/root/.ssh/authorized_keys"
+    )
+    """The deploy env's file of root's authorized keys, where ``kareboot -r deploy_env -k``
+    appends the user's keys (Kadeploy3's send_key_in_deploy_env)."""
 
     def deploy_host_keys(self) -> tuple[str, ...]:
         """The deploy env's pinned host keys (``"<type> <base64>"``); empty: not pinned."""

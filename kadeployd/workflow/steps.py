@@ -402,6 +402,22 @@ def copy_user_keys(ctx: StepContext) -> None:
     )
 
 
+def send_key_in_deploy_env(ctx: StepContext) -> None:
+    """kareboot deploy_env ``-k``: append the user's public keys to the deploy env's root
+    keys (``boot.deploy_authorized_keys``)."""
+    keys = ctx.job.authorized_keys
+    if not keys:
+        return
+    path = ctx.node.settings.boot.deploy_authorized_keys
+    directory = shlex.quote(path.rsplit("/", 1)[0] or "/")
+    target = shlex.quote(path)
+    ctx.run(
+        f"mkdir -p {directory} && cat >> {target}",
+        stdin=(keys if keys.endswith("\n") else keys + "\n").encode(),
+        what="send the SSH keys into the deploy env",
+    )
+
+
 def check_kernel_files(ctx: StepContext) -> None:
     """The kernel and initrd the environment declares exist in the deployed partition."""
     boot = ctx.job.environment.boot
@@ -542,6 +558,7 @@ STEPS: dict[str, StepRunner] = {
             send_image_direct,
             run_postinstalls,
             copy_user_keys,
+            send_key_in_deploy_env,
             check_kernel_files,
             sync_and_umount,
         )
