@@ -458,18 +458,23 @@ def test_debug_mode_writes_on_fd_3_when_the_caller_opened_it(cli_server: CliServ
     assert "[dbg] [n-3] " in on_stdout.stdout
 
 
-def test_kareboot3_block_device_vlan_and_classical_timeout_reach_the_reboot(
-    cli_server: CliServer,
+def test_kareboot3_block_device_vlan_classical_timeout_and_keys_reach_the_reboot(
+    cli_server: CliServer, tmp_path: Path
 ) -> None:
+    key = tmp_path / "key.pub"
+    key.write_text(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl a@b\n"
+    )
     result = cli_server.run(
         "kareboot3", "-m", "n-3", "-r", "deploy_env", "--no-wait",
-        "-b", "/dev/vdz", "--reboot-classical-timeout", "100+n*2",
+        "-b", "/dev/vdz", "--reboot-classical-timeout", "100+n*2", "-k", str(key),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     with cli_server.api("alice") as alice:
         options = wait_finished(alice, result.stdout.split()[0])["options"]
     assert options["block_device"] == "/dev/vdz"
     assert options["timeout_reboot_classical"] == "100+n*2"
+    assert options["keys"] is True
     vlan = cli_server.run("kareboot3", "-m", "n-3", "-r", "deploy_env", "--vlan", "3")
     assert vlan.returncode != 0 and "cannot change VLAN" in vlan.stderr, vlan.stderr
     simple = cli_server.run("kareboot3", "-m", "n-3", "--reboot-classical-timeout", "100")

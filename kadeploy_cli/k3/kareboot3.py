@@ -8,7 +8,8 @@ and ``recorded_env`` are operations followed like a deployment (``--no-wait`` pr
 ``--reboot-classical-timeout`` are the reboot's ``block_device``, ``vlan`` and
 ``timeout_reboot_classical`` (taken by deploy_env and recorded_env; the server refuses them,
 naming the field, for the kinds that only run the power commands). What kadeployd's reboots
-cannot do yet is refused with a clear message rather than ignored: ``-c``, ``-k``.
+cannot do yet is refused with a clear message rather than ignored: ``-c``. ``-k`` (deploy_env
+only, as in Kadeploy3) sends the keys as ``authorized_keys``, read as kadeploy3 reads them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from kadeploy_cli.k3.workflow import (
     started,
     workflow_options,
 )
-from kadeploy_cli.kadeploy import located_failure
+from kadeploy_cli.kadeploy import DEFAULT_KEY, key_file_of, located_failure
 from kadeploy_cli.power import LONG_WAIT
 from kadeploy_cli.uploads import deleted_on_failure
 from kadeploy_core.nodelist import NodeRef
@@ -48,10 +49,7 @@ logger = logging.getLogger(__name__)
 
 OPERATION = "Reboot operation"
 KINDS = ["set_pxe", "simple", "deploy_env", "recorded_env"]
-UNSUPPORTED = {
-    "check_destructive": "-c/--check-destructive-tag",
-    "key": "-k/--key",
-}
+UNSUPPORTED = {"check_destructive": "-c/--check-destructive-tag"}
 FIELDS = {
     "block_device": "block_device",
     "vlan": "vlan",
@@ -76,7 +74,7 @@ FIELDS = {
     "-k",
     "--key",
     is_flag=False,
-    flag_value="",
+    flag_value=DEFAULT_KEY,
     metavar="[FILE]",
     help="Public key to copy in the root's authorized_keys",
 )
@@ -144,6 +142,8 @@ def main(**options: Any) -> int:
     if options["level"]:
         body["level"] = options["level"].lower()
     body.update({field: options[key] for key, field in FIELDS.items() if options[key] is not None})
+    if options["key"] is not None:
+        body["authorized_keys"] = _keys(options["key"])
     if kind == "recorded_env":
         environment = {"name": options["env_name"]}
         if options["env_user"]:
@@ -207,6 +207,17 @@ def _check(kind: str, options: dict[str, Any]) -> None:
         raise K3Error("--breakpoint and --custom-steps are for deployments")
     if not options["wait"] and kind in ("simple", "set_pxe"):
         raise K3Error(f"--no-wait: kadeployd's {kind} reboots answer when they are done")
+
+
+def _keys(key: str) -> str:
+    """The public keys of ``-k`` (no file: ~/.ssh/authorized_keys, else ~/.ssh/id_*.pub, as
+    kadeploy3's -k)."""
+    path = key_file_of(key)
+    assert path is not None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise K3Error(f"-k {path}: cannot read the keys: {exc}") from None
 
 
 def _groups(nodes: list[NodeRef], pxe: dict[str, Any] | None) -> list[tuple[list[NodeRef], str]]:
