@@ -25,7 +25,8 @@ The kinds of reboot (Kadeploy3's kareboot ``-r``):
   deployment document, which the client follows like a deployment
   (``/v1/deployments/{id}``, its events, its cancel). They also take Kadeploy3's
   ``block_device``, ``vlan`` (the site's switch command once each node rebooted, as Kadeploy3's
-  reboots end with set_vlan) and ``timeout_reboot_classical`` (the reboot's timeout), checked
+  reboots end with set_vlan) and ``timeout_reboot_classical`` (the reboot's timeout), and
+  deploy_env ``authorized_keys`` (put in the deploy env, as Kadeploy3's -k), checked
   as a deployment's (kadeployd/api/deploy_options.py, kadeployd/admission); simple and set_pxe,
   which only run the power commands, refuse them with a 422 naming the field.
 """
