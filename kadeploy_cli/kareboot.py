@@ -26,6 +26,7 @@ import click
 from kadeploy_cli import power
 from kadeploy_cli.common import CONTEXT, machine_options, server_option
 from kadeploy_cli.errors import TOOLS_EXIT_HELP, UsageProblem
+from kadeploy_cli.kadeploy import DEFAULT_KEY, key_file_of
 from kadeploy_core.filenames import check_file_name
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ _ONLY_WITH = {
     "partition": ("-p", "recorded_env"),
     "profile": ("-w", "set_pxe"),
     "pxe_files": ("-x", "set_pxe"),
+    "block_device": ("-b", "deploy_env or recorded_env"),
+    "key": ("-k", "deploy_env"),
 }
 
 
@@ -115,6 +118,23 @@ _ONLY_WITH = {
     help="set_pxe: a file to put on the TFTP server, under FILES_PREFIX (repeatable, or a "
     "comma list).",
 )
+@click.option(
+    "-b",
+    "--block-device",
+    "block_device",
+    metavar="DEV",
+    help="deploy_env, recorded_env: the disk (a path under /dev) instead of the cluster's "
+    "disk.block_device.",
+)
+@click.option(
+    "-k",
+    "--key",
+    is_flag=False,
+    flag_value=DEFAULT_KEY,
+    metavar="[KEYFILE]",
+    help="deploy_env: public key(s) to put in the deploy env's root authorized_keys "
+    "(no KEYFILE: ~/.ssh/authorized_keys, else ~/.ssh/id_*.pub).",
+)
 @click.option("--force", is_flag=True, help="Reboot nodes that a running deployment holds.")
 @power.result_options(ok_help="Nodes rebooted.", ko_help="Nodes not rebooted.")
 def main(
@@ -130,6 +150,8 @@ def main(
     partition: int | None,
     profile: Path | None,
     pxe_files: tuple[str, ...],
+    block_device: str | None,
+    key: str | None,
     force: bool,
     ok_file: str | None,
     ko_file: str | None,
@@ -145,6 +167,8 @@ def main(
         "partition": partition,
         "profile": profile,
         "pxe_files": pxe_files,
+        "block_device": block_device,
+        "key": key,
     }
     _check_options(kind, given)
     body: dict[str, Any] = {"kind": kind, "level": level, "force": force}
@@ -155,6 +179,10 @@ def main(
         if env_version is not None:
             environment["version"] = env_version
         body.update(environment=environment, partition=partition)
+    if block_device is not None:
+        body["block_device"] = block_device
+    if key is not None:
+        body["authorized_keys"] = _keys(key)
     targets = power.Targets(server, nodefile, machines, json_output, ok_file, ko_file)
     if kind in ("deploy_env", "recorded_env"):
         sys.exit(power.run_operation(body, targets))
@@ -169,7 +197,7 @@ def main(
 def _check_options(kind: str, given: dict[str, Any]) -> None:
     """Options of another kind, and missing ones, are usage errors (exit 2)."""
     for key, (option, wanted) in _ONLY_WITH.items():
-        if given[key] not in (None, ()) and kind != wanted:
+        if given[key] not in (None, ()) and kind not in wanted.split(" or "):
             raise UsageProblem(f"{option} goes with -r {wanted}, not -r {kind}")
     if kind == "recorded_env":
         missing = [o for k, o in (("env_name", "-e ENV"), ("partition", "-p PART")) if not given[k]]
@@ -180,6 +208,16 @@ def _check_options(kind: str, given: dict[str, Any]) -> None:
             )
     if kind == "set_pxe" and given["profile"] is None:
         raise UsageProblem("-r set_pxe needs -w FILE: the PXE profile to write for the nodes")
+
+
+def _keys(key: str) -> str:
+    """The public keys of ``-k``, found as kadeploy's -k finds them."""
+    path = key_file_of(key)
+    assert path is not None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageProblem(f"-k {path}: cannot read the keys: {exc}") from None
 
 
 def read_profile(path: Path) -> str:

@@ -235,6 +235,26 @@ def test_kareboot_deploy_env_on_a_dummy_variant_follows_the_operation(
     assert operation["environment"]["name"] == "deploy_env"
 
 
+def test_kareboot_block_device_and_keys_reach_the_operation(
+    cli_server: CliServer, tmp_path: Path
+) -> None:
+    key = tmp_path / "key.pub"
+    key.write_text(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl a@b\n"
+    )
+    result = cli_server.run(
+        "kareboot", "-m", "n-1", "-r", "deploy_env", "--json", "-b", "/dev/vdz", "-k", str(key)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    [row] = json_of(result)
+    with cli_server.api("alice") as alice:
+        operation = alice.get(f"/v1/deployments/{row['operation_id']}").json()
+    assert (operation["options"]["block_device"], operation["options"]["keys"]) == (
+        "/dev/vdz",
+        True,
+    )
+
+
 def test_kareboot_usage_errors(cli_server: CliServer, tmp_path: Path) -> None:
     binary = tmp_path / "profile.bin"
     binary.write_bytes(b"\xff\xfe\x00")
@@ -245,6 +265,8 @@ def test_kareboot_usage_errors(cli_server: CliServer, tmp_path: Path) -> None:
         (("-r", "recorded_env", "-p", "3"), "-r recorded_env needs -e ENV"),
         (("-r", "deploy_env", "-p", "3"), "-p goes with -r recorded_env, not -r deploy_env"),
         (("-w", str(big)), "-w goes with -r set_pxe, not -r simple"),
+        (("-b", "/dev/sdb"), "-b goes with -r deploy_env or recorded_env, not -r simple"),
+        (("-r", "recorded_env", "-e", "x", "-p", "3", "-k"), "-k goes with -r deploy_env, not"),
         (("-r", "set_pxe", "-w", str(binary)), "not a text file"),
         (("-r", "set_pxe", "-w", str(big)), "a PXE profile may have at most 65536"),
         (("-r", "set_pxe", "-w", str(tmp_path / "none")), "cannot read the PXE profile"),
