@@ -263,7 +263,6 @@ def test_kareboot3_lists_and_refusals(cli_server: CliServer) -> None:
         (["-r", "recorded_env", "-e", "tiny"], "A partition number must be specified"),
         (["-e", "tiny"], "The -e option can be only used with the recorded_env kind"),
         (["-k"], "The -k option can be only used with the deploy_env reboot kind"),
-        (["-c"], "-c/--check-destructive-tag: not supported by kadeployd's reboots"),
     ]:
         result = cli_server.run("kareboot3", "-m", "n-1", *args)
         assert (result.returncode, message in result.stderr) == (1, True), (args, result.stderr)
@@ -480,6 +479,25 @@ def test_kareboot3_block_device_vlan_classical_timeout_and_keys_reach_the_reboot
     simple = cli_server.run("kareboot3", "-m", "n-3", "--reboot-classical-timeout", "100")
     assert simple.returncode != 0, simple.stdout
     assert "timeout_reboot_classical: only with kind deploy_env or recorded_env" in simple.stderr
+
+
+def test_kareboot3_check_destructive_tag_refuses_a_destructive_last_deployment(
+    cli_server: CliServer, tmp_path: Path
+) -> None:
+    description = make_tar_environment(tmp_path, name="wreck")
+    description.write_text(description.read_text() + "destructive: true\n")
+    with cli_server.api("alice") as alice:
+        assert register(alice, description).status_code == 201
+    deployed = cli_server.run("kadeploy3", "-m", "n-3", "-e", "wreck")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    recorded = ("-m", "n-3", "-r", "recorded_env", "-e", "wreck", "-p", "3")
+    refused = cli_server.run("kareboot3", *recorded, "-c")
+    assert refused.returncode == 30, refused.stdout + refused.stderr
+    assert "Cannot reboot since the last deployed environment was destructive" in refused.stderr
+    plain = cli_server.run("kareboot3", *recorded)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    simple = cli_server.run("kareboot3", "-m", "n-3", "-c")  # Kadeploy3 checks recorded_env only
+    assert simple.returncode == 0, simple.stdout + simple.stderr
 
 
 def test_kareboot3_deploy_env_no_wait_prints_its_id_and_url(cli_server: CliServer) -> None:

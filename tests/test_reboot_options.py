@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_fixtures import RunningApi, error_of, serving_api, wait_finished
+from api_fixtures import ADMIN, RunningApi, error_of, serving_api, wait_finished
 from daemon_fixtures import stop_all_actors
 from test_vlan import overrides
 
@@ -160,3 +160,35 @@ def test_the_classical_timeout_is_the_reboots() -> None:
         )
         kept = getattr(job_macrosteps(configured, plain), macrostep.value)
         assert "30+n" not in [str(v.timeout) for v in kept], (operation, kept)
+
+
+def test_check_destructive_refuses_nodes_last_deployed_with_a_destructive_environment(
+    api: RunningApi,
+) -> None:
+    alice, root = api.client("alice"), api.client(ADMIN)
+    deployed = alice.post(
+        "/v1/deployments", json={"nodes": ["n-1"], "environment": {"name": "tiny"}}
+    )
+    assert deployed.status_code == 201, deployed.text
+    assert wait_finished(alice, deployed.json()["id"])["status"] == "succeeded"
+    checked = {**RECORDED, "check_destructive": True}
+    answer = reboot(alice, ["n-1"], **checked)
+    assert answer.status_code == 202, answer.text  # tiny is not destructive
+    wait_finished(alice, answer.json()["id"])
+
+    owner = root.get("/v1/environments", params={"name": "tiny"}).json()[0]["owner"]
+    tagged = root.patch(f"/v1/environments/{owner}/tiny/1", json={"toggle_destructive": True})
+    assert tagged.status_code == 200, tagged.text
+    refused = reboot(alice, ["n-1", "n-2"], **checked)
+    assert refused.status_code == 409, refused.text
+    error = error_of(refused)
+    assert error["code"] == "destructive_environment"
+    assert error["message"] == (
+        "Cannot reboot since the last deployed environment was destructive: n-1 (tiny v1)"
+    )
+    assert paths(refused) == ["check_destructive"]
+    unchecked = reboot(alice, ["n-1"], **RECORDED)
+    assert unchecked.status_code == 202, unchecked.text
+    wait_finished(alice, unchecked.json()["id"])
+    other = reboot(alice, ["n-1"], kind="deploy_env", check_destructive=True)
+    assert (other.status_code, paths(other)) == (422, ["check_destructive"])

@@ -61,6 +61,7 @@ INVALID_ENVIRONMENT = 7
 INVALID_CUSTOMOP = 8
 INVALID_VLAN = 9
 NOTHING_MODIFIED = 14
+DESTRUCTIVE_ENVIRONMENT = 30
 ERRNO = {
     "unknown_node": INVALID_NODELIST,
     "invalid_block_device": INVALID_OPTION,
@@ -78,6 +79,7 @@ ERRNO = {
     "forbidden": INVALID_RIGHTS,
     "force_refused": INVALID_RIGHTS,
     "unknown_environment": INVALID_ENVIRONMENT,
+    "destructive_environment": DESTRUCTIVE_ENVIRONMENT,
     "invalid_environment": INVALID_ENVIRONMENT,
     "incompatible_environment": INVALID_ENVIRONMENT,
     "invalid_custom_steps": INVALID_CUSTOMOP,

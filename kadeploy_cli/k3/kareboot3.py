@@ -8,8 +8,9 @@ and ``recorded_env`` are operations followed like a deployment (``--no-wait`` pr
 ``--reboot-classical-timeout`` are the reboot's ``block_device``, ``vlan`` and
 ``timeout_reboot_classical`` (taken by deploy_env and recorded_env; the server refuses them,
 naming the field, for the kinds that only run the power commands). What kadeployd's reboots
-cannot do yet is refused with a clear message rather than ignored: ``-c``. ``-k`` (deploy_env
-only, as in Kadeploy3) sends the keys as ``authorized_keys``, read as kadeploy3 reads them.
+cannot do yet is refused with a clear message rather than ignored. ``-k`` (deploy_env only, as
+in Kadeploy3) sends the keys as ``authorized_keys``, read as kadeploy3 reads them; ``-c`` is
+``check_destructive`` of a recorded_env reboot (Kadeploy3 ignores it for the other kinds).
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 OPERATION = "Reboot operation"
 KINDS = ["set_pxe", "simple", "deploy_env", "recorded_env"]
-UNSUPPORTED = {"check_destructive": "-c/--check-destructive-tag"}
 FIELDS = {
     "block_device": "block_device",
     "vlan": "vlan",
@@ -151,6 +151,8 @@ def main(**options: Any) -> int:
         if options["env_version"] is not None:
             environment["version"] = options["env_version"]
         body.update(environment=environment, partition=options["partition"])
+        if options["check_destructive"]:  # Kadeploy3 checks it for recorded_env only
+            body["check_destructive"] = True
 
     def run_one(client: Client, nodes: list[NodeRef], printer: Printer) -> Outcome | None:
         if kind in ("deploy_env", "recorded_env"):
@@ -200,9 +202,6 @@ def _check(kind: str, options: dict[str, Any]) -> None:
         raise K3Error("The -k option can be only used with the deploy_env reboot kind")
     if kind != "set_pxe" and (options["pxe_profile"] or options["pxe_files"]):
         raise K3Error("-w and -x go with the set_pxe reboot kind")
-    for key, flag in UNSUPPORTED.items():
-        if options[key] not in (None, False):
-            raise K3Error(f"{flag}: not supported by kadeployd's reboots (yet)")
     if options["breakpoint"] or options["custom_steps"]:
         raise K3Error("--breakpoint and --custom-steps are for deployments")
     if not options["wait"] and kind in ("simple", "set_pxe"):

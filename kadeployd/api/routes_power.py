@@ -121,6 +121,9 @@ class RebootRequestIn(_In):
     root authorized_keys once it answers."""
     authorized_keys_upload: UploadId | None = None
     """deploy_env: the same keys from one of your uploads."""
+    check_destructive: StrictBool = False
+    """recorded_env (``-c``): refuse (409 ``destructive_environment``) when a node's last
+    deployed environment is tagged destructive, as Kadeploy3."""
 
 
 class PowerResultOut(BaseModel):
@@ -214,6 +217,7 @@ _KIND_FIELDS = {
     "timeout_reboot_classical": _OPERATIONS,
     "authorized_keys": ("deploy_env",),
     "authorized_keys_upload": ("deploy_env",),
+    "check_destructive": ("recorded_env",),
 }
 _REQUIRED = {"recorded_env": ("environment", "partition"), "set_pxe": ("profile",)}
 
@@ -228,7 +232,7 @@ def _check_kind_fields(body: RebootRequestIn) -> None:
     problems.extend(
         Problem("request", f"only with kind {' or '.join(kinds)}, not {body.kind}", field)
         for field, kinds in _KIND_FIELDS.items()
-        if body.kind not in kinds and getattr(body, field) not in (None, {}, "")
+        if body.kind not in kinds and getattr(body, field) not in (None, {}, "", False)
     )
     if problems:
         raise ApiError(422, "invalid_request", str(problems[0]).removeprefix("request: "), problems)
@@ -283,6 +287,8 @@ def _start_operation(body: RebootRequestIn, context: ApiContext, caller: Caller)
     operation = Operation.DEPLOY_ENV
     if body.kind == "recorded_env":
         assert body.environment is not None
+        if body.check_destructive:
+            _check_destructive(context, body.nodes)
         record = environments.resolve(context, caller, body.environment)
         target = environments.description_of(context, record)
         operation = Operation.RECORDED_ENV
@@ -304,6 +310,32 @@ def _start_operation(body: RebootRequestIn, context: ApiContext, caller: Caller)
     return deployment_out(
         context.reader.deployment(deployment_id), context.reader.nodes(deployment_id)
     )
+
+
+def _check_destructive(context: ApiContext, names: list[str]) -> None:
+    """409 when one of the nodes last deployed an environment tagged ``destructive`` (the
+    deployer's own version of that name, else the public one, as ``kadeploy -e`` chose it)."""
+    usage = context.reader.node_usage()
+    destructive: list[str] = []
+    for name in names:
+        last = usage.get(name)
+        if last is None or last.anonymous or last.environment_version is None:
+            continue
+        if last.state not in ("deployed", "already_installed"):
+            continue
+        records = context.reader.environments(
+            name=last.environment_name, version=last.environment_version
+        )
+        records.sort(key=lambda r: (r.owner != last.user, r.visibility != "public"))
+        if records and records[0].description.get("destructive"):
+            destructive.append(f"{name} ({last.environment_name} v{last.environment_version})")
+    if destructive:
+        shown = ", ".join(destructive[:5]) + (
+            f" and {len(destructive) - 5} more" if len(destructive) > 5 else ""
+        )
+        message = "Cannot reboot since the last deployed environment was destructive: " + shown
+        problem = Problem("request", message, "check_destructive")
+        raise ApiError(409, "destructive_environment", message, [problem])
 
 
 def _out(result: RebootResult) -> PowerResultOut:
