@@ -476,6 +476,8 @@ def test_kareboot3_block_device_vlan_classical_timeout_and_keys_reach_the_reboot
     assert options["keys"] is True
     vlan = cli_server.run("kareboot3", "-m", "n-3", "-r", "deploy_env", "--vlan", "3")
     assert vlan.returncode != 0 and "cannot change VLAN" in vlan.stderr, vlan.stderr
+    ignored = cli_server.run("kareboot3", "-m", "n-3", "-b", "/dev/vdz")  # as Kadeploy3
+    assert ignored.returncode == 0, ignored.stdout + ignored.stderr
     simple = cli_server.run("kareboot3", "-m", "n-3", "--reboot-classical-timeout", "100")
     assert simple.returncode != 0, simple.stdout
     assert "timeout_reboot_classical: only with kind deploy_env or recorded_env" in simple.stderr

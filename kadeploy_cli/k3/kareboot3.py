@@ -6,9 +6,10 @@ and ``recorded_env`` are operations followed like a deployment (``--no-wait`` pr
 ``ID URL``). ``--set-pxe-pattern`` is done here: the nodes are grouped by their value, one
 ``set_pxe`` request per group with ``NODE_SINGULARITY`` replaced. ``-b``, ``--vlan`` and
 ``--reboot-classical-timeout`` are the reboot's ``block_device``, ``vlan`` and
-``timeout_reboot_classical`` (taken by deploy_env and recorded_env; the server refuses them,
-naming the field, for the kinds that only run the power commands). What kadeployd's reboots
-cannot do yet is refused with a clear message rather than ignored. ``-k`` (deploy_env only, as
+``timeout_reboot_classical`` (taken by deploy_env and recorded_env; the server refuses the last
+two, naming the field, for the kinds that only run the power commands, where Kadeploy3 would
+switch the VLAN and wait; ``-b`` is not sent with them, as Kadeploy3 uses the block device only
+to boot a partition). ``-k`` (deploy_env only, as
 in Kadeploy3) sends the keys as ``authorized_keys``, read as kadeploy3 reads them; ``-c`` is
 ``check_destructive`` of a recorded_env reboot (Kadeploy3 ignores it for the other kinds).
 """
@@ -142,6 +143,8 @@ def main(**options: Any) -> int:
     if options["level"]:
         body["level"] = options["level"].lower()
     body.update({field: options[key] for key, field in FIELDS.items() if options[key] is not None})
+    if kind in ("simple", "set_pxe"):  # Kadeploy3 boots no partition of it there
+        body.pop("block_device", None)
     if options["key"] is not None:
         body["authorized_keys"] = _keys(options["key"])
     if kind == "recorded_env":
