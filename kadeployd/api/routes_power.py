@@ -317,17 +317,19 @@ def _check_destructive(context: ApiContext, names: list[str]) -> None:
     deployer's own version of that name, else the public one, as ``kadeploy -e`` chose it)."""
     usage = context.reader.node_usage()
     destructive: list[str] = []
+    tagged: dict[tuple[str, str, int], bool] = {}  # one lookup per deployer, name, version
     for name in names:
         last = usage.get(name)
         if last is None or last.anonymous or last.environment_version is None:
             continue
         if last.state not in ("deployed", "already_installed"):
             continue
-        records = context.reader.environments(
-            name=last.environment_name, version=last.environment_version
-        )
-        records.sort(key=lambda r: (r.owner != last.user, r.visibility != "public"))
-        if records and records[0].description.get("destructive"):
+        key = (last.user, last.environment_name, last.environment_version)
+        if key not in tagged:
+            records = context.reader.environments(name=key[1], version=key[2])
+            records.sort(key=lambda r: (r.owner != last.user, r.visibility != "public"))
+            tagged[key] = bool(records and records[0].description.get("destructive"))
+        if tagged[key]:
             destructive.append(f"{name} ({last.environment_name} v{last.environment_version})")
     if destructive:
         shown = ", ".join(destructive[:5]) + (
