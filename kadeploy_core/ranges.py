@@ -5,6 +5,9 @@ A text holds at most one ``[...]`` group of comma-separated items, each ``N`` or
 written with a leading zero sets the width of the range (``[01-10]`` gives ``01`` .. ``10``);
 without one, numbers are written plainly. A text without brackets stands for itself.
 
+:func:`fold_names` goes the other way, for output: names that differ only by their last
+number fold into one range, as Kadeploy3 prints node lists.
+
 The module is pure (no I/O): the node lists (``-m`` arguments) and the configuration
 (``nodes.conf``, where names and addresses expand pairwise) both build on it.
 """
@@ -12,6 +15,8 @@ The module is pure (no I/O): the node lists (``-m`` arguments) and the configura
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -136,3 +141,49 @@ def _number(text: str, digits: str) -> int:
 def _width(digits: str) -> int:
     """Zero padding width: the written width when the number starts with 0, otherwise none."""
     return len(digits) if len(digits) > 1 and digits.startswith("0") else 0
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$")
+"""A host part's text before its last number, the number, and what follows it."""
+
+
+def fold_names(names: Sequence[str]) -> str:
+    """Node names folded into ranges, the inverse of :func:`expand_range`, as Kadeploy3
+    prints them: ``griffon-[1-3,7].nancy.grid5000.fr``.
+
+    Names alike but for the last number of their host part (same width when zero-padded)
+    share one range, in the order their first one came; other names stay as they are."""
+    groups: dict[tuple[str, str, int], list[int]] = {}
+    for name in names:
+        host, dot, domain = name.partition(".")
+        found = _NUMBERED.match(host)
+        if found is None:
+            groups.setdefault((name, "", -1), [])
+            continue
+        prefix, digits, rest = found.groups()
+        suffix = rest + dot + domain
+        width = _width(digits)
+        groups.setdefault((prefix, suffix, width), []).append(int(digits))
+    parts = []
+    for (prefix, suffix, width), numbers in groups.items():
+        if width < 0:
+            parts.append(prefix)
+            continue
+        spans = _spans(sorted(set(numbers)), width)
+        single = len(spans) == 1 and "-" not in spans[0]
+        parts.append(f"{prefix}{spans[0] if single else '[' + ','.join(spans) + ']'}{suffix}")
+    return ",".join(parts)
+
+
+def _spans(numbers: list[int], width: int) -> list[str]:
+    spans: list[str] = []
+    start = previous = numbers[0]
+    for number in [*numbers[1:], None]:
+        if number is not None and number == previous + 1:
+            previous = number
+            continue
+        first, last = f"{start:0{width}d}", f"{previous:0{width}d}"
+        spans.append(first if start == previous else f"{first}-{last}")
+        if number is not None:
+            start = previous = number
+    return spans

@@ -25,7 +25,6 @@ from kadeploy_cli.k3.workflow import (
     Outcome,
     Printer,
     Progress,
-    fold,
     operation_url,
     print_result,
 )
@@ -296,15 +295,6 @@ def test_only_the_options_given_are_sent() -> None:
     }
     assert FORCE_STEPS.match(str(given["force_steps"]))
     assert not FORCE_STEPS.match("BootNewEnv|BootNewEnvClassical:1:100")
-
-
-def test_node_names_are_folded_as_kadeploy3_folds_them() -> None:
-    names = [f"griffon-{i}.nancy.grid5000.fr" for i in (4, 1, 2)]
-    assert fold(names) == "griffon-[1-2,4].nancy.grid5000.fr"
-    assert fold(["graphene-01", "graphene-02", "n-3", "frontend", "n-1"]) == (
-        "graphene-[01-02],n-[1,3],frontend"
-    )
-    assert fold(["n-1"]) == "n-1"
 
 
 def test_a_reason_on_several_lines_stays_on_its_node_line() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kadeploy_core.ranges import RangeError, expand_range, has_range, range_length
+from kadeploy_core.ranges import RangeError, expand_range, fold_names, has_range, range_length
 
 
 @pytest.mark.parametrize(
@@ -88,3 +88,12 @@ def test_limit() -> None:
     with pytest.raises(RangeError, match="200000001 names"):
         range_length("n[0-200000000]")
     assert len(expand_range("n[1-10]", limit=10)) == 10
+
+
+def test_node_names_are_folded_as_kadeploy3_folds_them() -> None:
+    names = [f"griffon-{i}.nancy.grid5000.fr" for i in (4, 1, 2)]
+    assert fold_names(names) == "griffon-[1-2,4].nancy.grid5000.fr"
+    assert fold_names(["graphene-01", "graphene-02", "n-3", "frontend", "n-1"]) == (
+        "graphene-[01-02],n-[1,3],frontend"
+    )
+    assert fold_names(["n-1"]) == "n-1"

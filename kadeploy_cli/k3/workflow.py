@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -60,6 +59,7 @@ from kadeploy_cli.k3.common import (
 )
 from kadeploy_cli.output import FAILURE, SUCCESS, NodeOutcome, outcomes
 from kadeploy_core.nodelist import NodeRef
+from kadeploy_core.ranges import fold_names
 
 logger = logging.getLogger(__name__)
 
@@ -225,50 +225,6 @@ def reason_of(result: NodeOutcome) -> str:
     return f"{result.step}: {reason}" if result.step else reason
 
 
-_NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$")
-
-
-def fold(names: Sequence[str]) -> str:
-    """Node names folded as Kadeploy3 prints them: ``griffon-[1-3,7].nancy.grid5000.fr``.
-
-    Names alike but for the last number of their host part (same width when zero-padded)
-    share one range, in the order their first one came; other names stay as they are."""
-    groups: dict[tuple[str, str, int], list[int]] = {}
-    for name in names:
-        host, dot, domain = name.partition(".")
-        found = _NUMBERED.match(host)
-        if found is None:
-            groups.setdefault((name, "", -1), [])
-            continue
-        prefix, digits, rest = found.groups()
-        suffix = rest + dot + domain
-        width = len(digits) if digits.startswith("0") and len(digits) > 1 else 0
-        groups.setdefault((prefix, suffix, width), []).append(int(digits))
-    parts = []
-    for (prefix, suffix, width), numbers in groups.items():
-        if width < 0:
-            parts.append(prefix)
-            continue
-        spans = _spans(sorted(set(numbers)), width)
-        single = len(spans) == 1 and "-" not in spans[0]
-        parts.append(f"{prefix}{spans[0] if single else '[' + ','.join(spans) + ']'}{suffix}")
-    return ",".join(parts)
-
-
-def _spans(numbers: list[int], width: int) -> list[str]:
-    spans: list[str] = []
-    start = previous = numbers[0]
-    for number in [*numbers[1:], None]:
-        if number is not None and number == previous + 1:
-            previous = number
-            continue
-        first, last = f"{start:0{width}d}", f"{previous:0{width}d}"
-        spans.append(first if start == previous else f"{first}-{last}")
-        if number is not None:
-            start = previous = number
-    return spans
-
-
 class Progress:
     """Kadeploy3's log lines out of the operation's events (see the module docstring)."""
 
@@ -292,7 +248,7 @@ class Progress:
 
     def launching(self, nodes: Sequence[str]) -> None:
         """The first line of the server's log."""
-        self._print(0, f"Launching a {self.name} on {fold(nodes)}")
+        self._print(0, f"Launching a {self.name} on {fold_names(nodes)}")
 
     def state(self, event: dict[str, Any]) -> None:
         """A node entered a state."""
